@@ -1,0 +1,14 @@
+//! sluice: a log forwarder that reads Fluentd's configuration, buffers exactly as Fluentd's
+//! `<buffer>` section says, and delivers without loss or duplication.
+//!
+//! Modules follow the data flow: [`config`] → inputs → [`router`] → filters → buffer → outputs.
+
+pub mod config;
+
+/// This machine's host name, as `hostname` placeholders and `Socket.gethostname` give it.
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+pub mod event;
+pub mod msgpack;
+pub mod filter;
