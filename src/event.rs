@@ -245,7 +245,10 @@ mod tests {
         let again = EventStream::from_entries(s.bytes().clone()).unwrap();
         assert_eq!(again, s);
         let times: Vec<_> = s.iter().map(|e| e.time).collect();
-        assert_eq!(times, vec![EventTime::new(1475539089, 5), EventTime::new(1475539090, 0)]);
+        assert_eq!(
+            times,
+            vec![EventTime::new(1475539089, 5), EventTime::new(1475539090, 0)]
+        );
         assert!(s.iter().all(|e| e.record == rec.as_slice()));
     }
 
@@ -261,7 +264,10 @@ mod tests {
         f.extend_from_slice(&1475539089.5f64.to_be_bytes());
         f.push(0x80);
         let s = EventStream::from_entries(Bytes::from(f)).unwrap();
-        assert_eq!(s.iter().next().unwrap().time, EventTime::new(1475539089, 500_000_000));
+        assert_eq!(
+            s.iter().next().unwrap().time,
+            EventTime::new(1475539089, 500_000_000)
+        );
     }
 
     #[test]

@@ -9,6 +9,14 @@ pub mod config;
 pub fn hostname() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
+pub mod buffer;
+pub mod cli;
 pub mod event;
-pub mod msgpack;
 pub mod filter;
+pub mod input;
+pub mod msgpack;
+pub mod output;
+pub mod pipeline;
+pub mod record_accessor;
+pub mod router;
+pub mod time;

@@ -1,1 +1,107 @@
-fn main() {}
+//! The `sluice` binary: command line, signals, exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{self, Args};
+use sluice::config::parser;
+use sluice::pipeline::{self, BuildOptions, Control};
+
+/// The configuration `sluice` runs without `-c`.
+const DEFAULT_CONFIG: &str = include_str!("default.conf");
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let parsed = match &args.config {
+        Some(path) => parser::parse_file(path),
+        None => parser::parse_str(DEFAULT_CONFIG, "<default config>", std::env::current_dir()?),
+    };
+    let root = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            cli::init_logging(args.level_override().unwrap_or("info"), args.log_format);
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let system_level = root
+        .elements
+        .iter()
+        .filter(|e| e.name == "system")
+        .filter_map(|s| s.peek("log_level").map(|p| p.value.trim().to_string()))
+        .next_back();
+    let level = args
+        .level_override()
+        .map(str::to_string)
+        .or(system_level)
+        .unwrap_or_else(|| "info".into());
+    cli::init_logging(&level, args.log_format);
+
+    let built = pipeline::build(
+        &root,
+        BuildOptions {
+            strict: args.strict,
+        },
+    );
+    if args.show_config {
+        print!("{}", cli::show_config(&root));
+    }
+    let pipeline = match built {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    cli::warn_unused(&root.unused());
+    if args.dry_run {
+        tracing::info!("configuration is valid");
+        return Ok(ExitCode::SUCCESS);
+    }
+    drop(root);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()?;
+    rt.block_on(async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        spawn_signal_handlers(tx)?;
+        pipeline.run(rx).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM/SIGINT stop gracefully; SIGUSR1 flushes every buffer.
+fn spawn_signal_handlers(tx: tokio::sync::mpsc::Sender<Control>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    tokio::spawn(async move {
+        loop {
+            let c = tokio::select! {
+                _ = term.recv() => Control::Stop,
+                _ = int.recv() => Control::Stop,
+                _ = usr1.recv() => Control::Flush,
+            };
+            if tx.send(c).await.is_err() || c == Control::Stop {
+                break;
+            }
+        }
+    });
+    Ok(())
+}

@@ -77,12 +77,13 @@ fn span(buf: &[u8], start: usize, len: usize) -> Result<(), DecodeError> {
 pub fn head(buf: &[u8], at: usize) -> Result<(Kind, usize), DecodeError> {
     let m = byte(buf, at)?;
     let p = at + 1;
-    let sized = |kind: fn(usize, usize) -> Kind, len_bytes: usize| -> Result<(Kind, usize), DecodeError> {
-        let len = be(buf, p, len_bytes)? as usize;
-        let start = p + len_bytes;
-        span(buf, start, len)?;
-        Ok((kind(start, len), start + len))
-    };
+    let sized =
+        |kind: fn(usize, usize) -> Kind, len_bytes: usize| -> Result<(Kind, usize), DecodeError> {
+            let len = be(buf, p, len_bytes)? as usize;
+            let start = p + len_bytes;
+            span(buf, start, len)?;
+            Ok((kind(start, len), start + len))
+        };
     Ok(match Marker::from_u8(m) {
         Marker::FixPos(v) => (Kind::Int(v as i64), p),
         Marker::FixNeg(v) => (Kind::Int(v as i64), p),
@@ -94,13 +95,23 @@ pub fn head(buf: &[u8], at: usize) -> Result<(Kind, usize), DecodeError> {
         Marker::U32 => (Kind::Int(be(buf, p, 4)? as i64), p + 4),
         Marker::U64 => {
             let v = be(buf, p, 8)?;
-            (if v > i64::MAX as u64 { Kind::UInt(v) } else { Kind::Int(v as i64) }, p + 8)
+            (
+                if v > i64::MAX as u64 {
+                    Kind::UInt(v)
+                } else {
+                    Kind::Int(v as i64)
+                },
+                p + 8,
+            )
         }
         Marker::I8 => (Kind::Int(be(buf, p, 1)? as u8 as i8 as i64), p + 1),
         Marker::I16 => (Kind::Int(be(buf, p, 2)? as u16 as i16 as i64), p + 2),
         Marker::I32 => (Kind::Int(be(buf, p, 4)? as u32 as i32 as i64), p + 4),
         Marker::I64 => (Kind::Int(be(buf, p, 8)? as i64), p + 8),
-        Marker::F32 => (Kind::Float(f32::from_bits(be(buf, p, 4)? as u32) as f64), p + 4),
+        Marker::F32 => (
+            Kind::Float(f32::from_bits(be(buf, p, 4)? as u32) as f64),
+            p + 4,
+        ),
         Marker::F64 => (Kind::Float(f64::from_bits(be(buf, p, 8)?)), p + 8),
         Marker::FixStr(n) => {
             span(buf, p, n as usize)?;
@@ -118,7 +129,11 @@ pub fn head(buf: &[u8], at: usize) -> Result<(Kind, usize), DecodeError> {
         Marker::FixMap(n) => (Kind::Map(n as usize, p), p),
         Marker::Map16 => (Kind::Map(be(buf, p, 2)? as usize, p + 2), p + 2),
         Marker::Map32 => (Kind::Map(be(buf, p, 4)? as usize, p + 4), p + 4),
-        Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 | Marker::FixExt16 => {
+        Marker::FixExt1
+        | Marker::FixExt2
+        | Marker::FixExt4
+        | Marker::FixExt8
+        | Marker::FixExt16 => {
             let len = match Marker::from_u8(m) {
                 Marker::FixExt1 => 1,
                 Marker::FixExt2 => 2,
@@ -267,7 +282,12 @@ pub fn write_json(value: &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
     write_json_at(value, 0, out, 0).map(|_| ())
 }
 
-fn write_json_at(buf: &[u8], at: usize, out: &mut Vec<u8>, depth: usize) -> Result<usize, DecodeError> {
+fn write_json_at(
+    buf: &[u8],
+    at: usize,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> Result<usize, DecodeError> {
     if depth > MAX_DEPTH {
         return Err(DecodeError::TooDeep);
     }
@@ -278,7 +298,9 @@ fn write_json_at(buf: &[u8], at: usize, out: &mut Vec<u8>, depth: usize) -> Resu
         Kind::Int(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
         Kind::UInt(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
         Kind::Float(f) => write_float(f, out),
-        Kind::Str(s, n) | Kind::Bin(s, n) => write_json_string(&String::from_utf8_lossy(&buf[s..s + n]), out),
+        Kind::Str(s, n) | Kind::Bin(s, n) => {
+            write_json_string(&String::from_utf8_lossy(&buf[s..s + n]), out)
+        }
         Kind::Array(n, _) => {
             out.push(b'[');
             for i in 0..n {
@@ -431,7 +453,10 @@ mod tests {
     #[test]
     fn errors_not_panics() {
         assert_eq!(skip(&[0x92, 0x01], 0), Err(DecodeError::Truncated(2)));
-        assert!(matches!(skip(&[0xc1], 0), Err(DecodeError::Reserved(0xc1, 0))));
+        assert!(matches!(
+            skip(&[0xc1], 0),
+            Err(DecodeError::Reserved(0xc1, 0))
+        ));
         assert!(skip(&[0xdb, 0xff, 0xff, 0xff, 0xff], 0).is_err());
         let deep = vec![0x91u8; 1000];
         assert_eq!(skip(&deep, 0), Err(DecodeError::TooDeep));

@@ -129,9 +129,14 @@ impl Element {
 
     /// A size in bytes (see [`value::parse_size`]).
     pub fn size(&self, key: &str) -> Result<Option<u64>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
         let v = value::parse_size(&p.value).ok_or_else(|| {
-            p.error(format!("{key}: invalid value for Integer(): \"{}\"", p.value))
+            p.error(format!(
+                "{key}: invalid value for Integer(): \"{}\"",
+                p.value
+            ))
         })?;
         p.read(v.to_string());
         Ok(Some(v))
@@ -144,17 +149,20 @@ impl Element {
 
     /// A duration in seconds and whether it was written without a unit.
     pub fn time_raw(&self, key: &str) -> Result<Option<(f64, bool)>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
-        let v = value::parse_time(&p.value).ok_or_else(|| {
-            p.error(format!("{key}: invalid value for Float(): \"{}\"", p.value))
-        })?;
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
+        let v = value::parse_time(&p.value)
+            .ok_or_else(|| p.error(format!("{key}: invalid value for Float(): \"{}\"", p.value)))?;
         p.read(format!("{}s", v.0));
         Ok(Some(v))
     }
 
     /// A bool (see [`value::parse_bool`]).
     pub fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
         let v = value::parse_bool(&p.value).ok_or_else(|| {
             p.error(format!(
                 "'{key}' parameter is required but nil is specified ({key}: invalid bool value: {})",
@@ -167,9 +175,14 @@ impl Element {
 
     /// A whole number.
     pub fn integer(&self, key: &str) -> Result<Option<i64>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
         let v = value::parse_integer(&p.value).ok_or_else(|| {
-            p.error(format!("{key}: invalid value for Integer(): \"{}\"", p.value))
+            p.error(format!(
+                "{key}: invalid value for Integer(): \"{}\"",
+                p.value
+            ))
         })?;
         p.read(v.to_string());
         Ok(Some(v))
@@ -177,10 +190,11 @@ impl Element {
 
     /// A floating-point number.
     pub fn float(&self, key: &str) -> Result<Option<f64>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
-        let v = value::parse_float(&p.value).ok_or_else(|| {
-            p.error(format!("{key}: invalid value for Float(): \"{}\"", p.value))
-        })?;
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
+        let v = value::parse_float(&p.value)
+            .ok_or_else(|| p.error(format!("{key}: invalid value for Float(): \"{}\"", p.value)))?;
         p.read(v.to_string());
         Ok(Some(v))
     }
@@ -191,7 +205,9 @@ impl Element {
         key: &str,
         options: &[&'static str],
     ) -> Result<Option<&'static str>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
         let v = options
             .iter()
             .find(|o| **o == p.value.trim())
@@ -208,7 +224,9 @@ impl Element {
 
     /// An array of strings (see [`value::parse_array`]).
     pub fn array(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
         let v = value::parse_array(&p.value).map_err(|e| p.error(format!("{key}: {e}")))?;
         p.read(format!("{v:?}"));
         Ok(Some(v))
@@ -216,7 +234,9 @@ impl Element {
 
     /// A hash of strings (see [`value::parse_hash`]).
     pub fn hash(&self, key: &str) -> Result<Option<Vec<(String, String)>>, ConfigError> {
-        let Some(p) = self.take(key) else { return Ok(None) };
+        let Some(p) = self.take(key) else {
+            return Ok(None);
+        };
         let v = value::parse_hash(&p.value).map_err(|e| p.error(format!("{key}: {e}")))?;
         p.read(format!("{v:?}"));
         Ok(Some(v))
@@ -256,14 +276,20 @@ impl Element {
     fn collect_unused<'a>(&'a self, out: &mut Vec<Unused<'a>>) {
         for p in &self.params {
             if !p.used.get() && !p.key.starts_with('@') {
-                out.push(Unused::Param { section: self, param: p });
+                out.push(Unused::Param {
+                    section: self,
+                    param: p,
+                });
             }
         }
         for e in &self.elements {
             if e.used.get() {
                 e.collect_unused(out);
             } else {
-                out.push(Unused::Section { parent: self, section: e });
+                out.push(Unused::Section {
+                    parent: self,
+                    section: e,
+                });
             }
         }
     }
@@ -305,7 +331,11 @@ impl Unused<'_> {
                 format!(
                     "section {} is not used in {}",
                     section.header(),
-                    if parent.name == "ROOT" { "the top level".to_string() } else { parent.header() }
+                    if parent.name == "ROOT" {
+                        "the top level".to_string()
+                    } else {
+                        parent.header()
+                    }
                 ),
             ),
         }

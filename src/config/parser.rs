@@ -112,7 +112,15 @@ fn base_dir(path: &Path) -> PathBuf {
 /// Parses configuration text; `file` names it in positions, `base` resolves relative includes.
 pub fn parse_str(text: &str, file: &str, base: PathBuf) -> Result<Element, ConfigError> {
     let file: Arc<str> = Arc::from(file);
-    let mut root = Element::new("ROOT", "", Pos { file: file.clone(), line: 1, column: 0 });
+    let mut root = Element::new(
+        "ROOT",
+        "",
+        Pos {
+            file: file.clone(),
+            line: 1,
+            column: 0,
+        },
+    );
     let mut ctx = Context { base, depth: 0 };
     parse_into(text, file, &mut ctx, &mut root)?;
     Ok(root)
@@ -245,7 +253,9 @@ impl Boundary {
             Boundary::Spacing => {
                 s.is_empty() || matches!(s.as_bytes()[0], b' ' | b'\t' | b'\r' | b'\n')
             }
-            Boundary::TagEnd => s.trim_start_matches([' ', '\t', '\r', '\n']).starts_with('>'),
+            Boundary::TagEnd => s
+                .trim_start_matches([' ', '\t', '\r', '\n'])
+                .starts_with('>'),
         }
     }
 }
@@ -256,14 +266,22 @@ impl Parser<'_, '_> {
     }
 
     /// Parses parameters and sections until `</name>` (or the end of text at root level).
-    fn body(&mut self, input: &mut Input<'_>, name: Option<&str>, elem: &mut Element) -> PResult<()> {
+    fn body(
+        &mut self,
+        input: &mut Input<'_>,
+        name: Option<&str>,
+        elem: &mut Element,
+    ) -> PResult<()> {
         loop {
             advance(input, spacing_len(rest(input)));
             let s = rest(input);
             if s.is_empty() {
                 return match name {
                     None => Ok(()),
-                    Some(n) => fail(input, format!("expected end tag '</{n}>' but got end of file")),
+                    Some(n) => fail(
+                        input,
+                        format!("expected end tag '</{n}>' but got end of file"),
+                    ),
                 };
             }
             if s.starts_with('<') {
@@ -292,7 +310,9 @@ impl Parser<'_, '_> {
                 }
                 advance(input, blank_len(rest(input)));
                 let arg_start = offset(input);
-                let arg = self.scan_string(input, Boundary::TagEnd)?.unwrap_or_default();
+                let arg = self
+                    .scan_string(input, Boundary::TagEnd)?
+                    .unwrap_or_default();
                 advance(input, blank_len(rest(input)));
                 if !rest(input).starts_with('>') {
                     return fail(input, "expected '>'");
@@ -310,18 +330,27 @@ impl Parser<'_, '_> {
             }
 
             let key_start = offset(input);
-            let key = self.scan_string(input, Boundary::Spacing)?.unwrap_or_default();
+            let key = self
+                .scan_string(input, Boundary::Spacing)?
+                .unwrap_or_default();
             let ws = blank_or_newline_len(rest(input));
             let ws_text = &rest(input)[..ws];
             let had_newline = ws_text.contains('\n');
             advance(input, ws);
             let value_start = offset(input);
             if had_newline || rest(input).is_empty() {
-                elem.params.push(Param::new(key, String::new(), self.pos(key_start), self.pos(value_start)));
+                elem.params.push(Param::new(
+                    key,
+                    String::new(),
+                    self.pos(key_start),
+                    self.pos(value_start),
+                ));
                 continue;
             }
             if key == "@include" || key == "include" {
-                let path = self.scan_string(input, Boundary::LineEnd)?.unwrap_or_default();
+                let path = self
+                    .scan_string(input, Boundary::LineEnd)?
+                    .unwrap_or_default();
                 self.include(input, &path, value_start, elem)?;
                 if let Some(n) = line_end_len(rest(input)) {
                     advance(input, n);
@@ -349,7 +378,12 @@ impl Parser<'_, '_> {
                 Some(n) => advance(input, n),
                 None => return fail(input, "expected end of line"),
             }
-            elem.params.push(Param::new(key, value, self.pos(key_start), self.pos(value_start)));
+            elem.params.push(Param::new(
+                key,
+                value,
+                self.pos(key_start),
+                self.pos(value_start),
+            ));
         }
     }
 
@@ -360,10 +394,16 @@ impl Parser<'_, '_> {
         if s.starts_with('[') || s.starts_with('{') {
             return self.json(input);
         }
-        Ok(self.scan_string(input, Boundary::LineEnd)?.unwrap_or_default())
+        Ok(self
+            .scan_string(input, Boundary::LineEnd)?
+            .unwrap_or_default())
     }
 
-    fn scan_string(&mut self, input: &mut Input<'_>, boundary: Boundary) -> PResult<Option<String>> {
+    fn scan_string(
+        &mut self,
+        input: &mut Input<'_>,
+        boundary: Boundary,
+    ) -> PResult<Option<String>> {
         let s = rest(input);
         if s.starts_with('"') {
             advance(input, 1);
@@ -406,7 +446,10 @@ impl Parser<'_, '_> {
                         'b' => out.push('\x08'),
                         '0' => out.push('\0'),
                         e if e.is_ascii_alphanumeric() => {
-                            return fail(input, format!("unexpected back-slash escape character '{e}'"));
+                            return fail(
+                                input,
+                                format!("unexpected back-slash escape character '{e}'"),
+                            );
                         }
                         e => out.push(e),
                     }
@@ -419,7 +462,10 @@ impl Parser<'_, '_> {
                     match super::embedded::evaluate(code) {
                         Ok(v) => out.push_str(&v),
                         Err(msg) => {
-                            return Err(ErrMode::Cut(Syntax { offset: start, message: msg }));
+                            return Err(ErrMode::Cut(Syntax {
+                                offset: start,
+                                message: msg,
+                            }));
                         }
                     }
                 }
@@ -493,18 +539,35 @@ impl Parser<'_, '_> {
                 advance(input, end);
                 Ok(v.to_string())
             }
-            Err(e) => fail(input, format!("got incomplete JSON {kind} configuration: {e}")),
+            Err(e) => fail(
+                input,
+                format!("got incomplete JSON {kind} configuration: {e}"),
+            ),
         }
     }
 
-    fn include(&mut self, input: &mut Input<'_>, path: &str, at: usize, elem: &mut Element) -> PResult<()> {
+    fn include(
+        &mut self,
+        input: &mut Input<'_>,
+        path: &str,
+        at: usize,
+        elem: &mut Element,
+    ) -> PResult<()> {
         let pos = self.pos(at);
         let err = |msg: String| ConfigError::at(&pos, msg);
         if path.starts_with("http://") || path.starts_with("https://") {
-            return self.include_failed(input, err(format!("@include of a URL is not supported: {path}")));
+            return self.include_failed(
+                input,
+                err(format!("@include of a URL is not supported: {path}")),
+            );
         }
         if self.ctx.depth >= MAX_INCLUDE_DEPTH {
-            return self.include_failed(input, err(format!("@include nested deeper than {MAX_INCLUDE_DEPTH} files (a cycle?): {path}")));
+            return self.include_failed(
+                input,
+                err(format!(
+                    "@include nested deeper than {MAX_INCLUDE_DEPTH} files (a cycle?): {path}"
+                )),
+            );
         }
         let path = path.strip_prefix("file://").unwrap_or(path);
         let full = if Path::new(path).is_absolute() {
@@ -515,21 +578,35 @@ impl Parser<'_, '_> {
         let pattern = full.to_string_lossy().to_string();
         let is_glob = pattern.contains(['*', '?', '[']);
         let mut files: Vec<PathBuf> = match glob::glob(&pattern) {
-            Ok(paths) => paths.filter_map(Result::ok).filter(|p| p.is_file()).collect(),
-            Err(e) => return self.include_failed(input, err(format!("invalid @include pattern {path}: {e}"))),
+            Ok(paths) => paths
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect(),
+            Err(e) => {
+                return self
+                    .include_failed(input, err(format!("invalid @include pattern {path}: {e}")))
+            }
         };
         files.sort();
         if files.is_empty() {
             if is_glob {
                 tracing::warn!(file = %pos.file, line = pos.line, "@include pattern {path} matches no file");
             } else {
-                return self.include_failed(input, err(format!("@include file not found: {}", full.display())));
+                return self.include_failed(
+                    input,
+                    err(format!("@include file not found: {}", full.display())),
+                );
             }
         }
         for f in files {
             let text = match std::fs::read_to_string(&f) {
                 Ok(t) => t,
-                Err(e) => return self.include_failed(input, err(format!("cannot read included file {}: {e}", f.display()))),
+                Err(e) => {
+                    return self.include_failed(
+                        input,
+                        err(format!("cannot read included file {}: {e}", f.display())),
+                    )
+                }
             };
             let saved = std::mem::replace(&mut self.ctx.base, base_dir(&f));
             self.ctx.depth += 1;
@@ -643,5 +720,8 @@ fn embedded_code<'a>(input: &mut Input<'a>) -> PResult<&'a str> {
             _ => {}
         }
     }
-    fail(input, "unterminated embedded code #{...} in a double quoted string")
+    fail(
+        input,
+        "unterminated embedded code #{...} in a double quoted string",
+    )
 }

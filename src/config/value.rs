@@ -246,7 +246,10 @@ mod tests {
     #[test]
     fn arrays_and_hashes() {
         assert_eq!(parse_array("tag, time").unwrap(), vec!["tag", "time"]);
-        assert_eq!(parse_array("[\"tag\",\"time\"]").unwrap(), vec!["tag", "time"]);
+        assert_eq!(
+            parse_array("[\"tag\",\"time\"]").unwrap(),
+            vec!["tag", "time"]
+        );
         assert_eq!(parse_array("[1,\"a\"]").unwrap(), vec!["1", "a"]);
         assert!(parse_array("").unwrap().is_empty());
         assert!(parse_array("[").is_err());
@@ -254,7 +257,10 @@ mod tests {
             parse_hash("a:1, b:x:y").unwrap(),
             vec![("a".into(), "1".into()), ("b".into(), "x:y".into())]
         );
-        assert_eq!(parse_hash("{\"k\":2}").unwrap(), vec![("k".into(), "2".into())]);
+        assert_eq!(
+            parse_hash("{\"k\":2}").unwrap(),
+            vec![("k".into(), "2".into())]
+        );
         assert!(parse_hash("novalue").is_err());
     }
 

@@ -7,6 +7,9 @@
 
 use std::sync::Arc;
 
+pub mod grep;
+pub mod record_transformer;
+
 use crate::config::{ConfigError, Element};
 use crate::event::EventStream;
 
@@ -21,13 +24,21 @@ pub const TYPES: &[&str] = &["grep", "record_transformer"];
 
 /// Builds the filter a `<filter>` section describes.
 pub fn build(section: &Element, type_name: &str) -> Result<Arc<dyn Filter>, ConfigError> {
-    let _ = section;
-    Err(unknown(section, type_name))
+    match type_name {
+        "grep" => Ok(Arc::new(grep::Grep::configure(section)?)),
+        "record_transformer" => Ok(Arc::new(record_transformer::RecordTransformer::configure(
+            section,
+        )?)),
+        _ => Err(unknown(section, type_name)),
+    }
 }
 
 /// The error for a `@type` no filter answers to.
 pub fn unknown(section: &Element, type_name: &str) -> ConfigError {
-    let pos = section.peek("@type").map(|p| p.value_pos.clone()).unwrap_or_else(|| section.pos.clone());
+    let pos = section
+        .peek("@type")
+        .map(|p| p.value_pos.clone())
+        .unwrap_or_else(|| section.pos.clone());
     ConfigError::at(
         &pos,
         format!(

@@ -1,0 +1,7 @@
+//! Output buffers: the `<buffer>` section, chunks, stage and queue.
+//!
+//! [`config`] reads and validates a `<buffer>` section into a [`config::BufferConfig`] with
+//! Fluentd's defaults and rules.
+
+pub mod chunk_id;
+pub mod config;

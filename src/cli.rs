@@ -1,0 +1,117 @@
+//! The command line: options, logging set-up, and the `--dry-run` / `--show-config` reports.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{Element, Unused};
+
+/// sluice: a log forwarder that reads Fluentd configuration files.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Args {
+    /// Configuration file (Fluentd v1 syntax). Without it, the embedded default runs.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Parse, validate and build every plugin without starting anything; exit 0 when valid,
+    /// 1 with one `config error …` line per problem otherwise.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Treat unused parameters as errors instead of warnings.
+    #[arg(long)]
+    pub strict: bool,
+
+    /// Print every parameter as sluice understood it (with --dry-run or alone).
+    #[arg(long)]
+    pub show_config: bool,
+
+    /// More log output (-v debug, -vv trace).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Less log output (-q warnings and errors, -qq errors only).
+    #[arg(short = 'q', long = "quiet", action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Args {
+    /// The log level the flags ask for, or `None` to use `<system> log_level` (default info).
+    pub fn level_override(&self) -> Option<&'static str> {
+        match (self.verbose as i32) - (self.quiet as i32) {
+            0 => None,
+            1 => Some("debug"),
+            v if v >= 2 => Some("trace"),
+            -1 => Some("warn"),
+            _ => Some("error"),
+        }
+    }
+}
+
+/// Installs the global log subscriber (stderr).
+pub fn init_logging(level: &str, format: LogFormat) {
+    let level = match level {
+        "fatal" => "error",
+        other => other,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Renders the configuration tree with each parameter's typed value, for `--show-config`.
+pub fn show_config(root: &Element) -> String {
+    fn walk(e: &Element, depth: usize, out: &mut String) {
+        let pad = "  ".repeat(depth);
+        for p in &e.params {
+            let typed = p.typed().unwrap_or_else(|| "(not used)".into());
+            out.push_str(&format!(
+                "{pad}{} {}  # {} at {}\n",
+                p.key,
+                crate::config::error::one_line(&p.value),
+                typed,
+                p.key_pos
+            ));
+        }
+        for c in &e.elements {
+            out.push_str(&format!("{pad}{}\n", c.header()));
+            walk(c, depth + 1, out);
+            out.push_str(&format!("{pad}</{}>\n", c.name));
+        }
+    }
+    let mut out = String::new();
+    walk(root, 0, &mut out);
+    out
+}
+
+/// Logs one warning per unused parameter or section.
+pub fn warn_unused(unused: &[Unused<'_>]) {
+    for u in unused {
+        let e = u.to_error();
+        if let Some(p) = &e.pos {
+            tracing::warn!(file = %p.file, line = p.line, column = p.column, "{}", e.message);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Inputs: where events enter sluice.
+//!
+//! An input runs as a task; it emits [`EventStream`](crate::event::EventStream)s into the
+//! router under the label its `@label` names (the top level otherwise) and stops when the
+//! shutdown signal flips.
+
+pub mod sample;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, Element};
+use crate::router::{LabelId, Router};
+
+/// What a running input needs.
+#[derive(Debug, Clone)]
+pub struct InputContext {
+    /// Where events go.
+    pub router: Arc<Router>,
+    /// The label events are emitted into.
+    pub label: LabelId,
+    /// Becomes `true` when sluice stops; inputs finish their current emit and return.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// An input plugin instance.
+pub trait Input: Send + Sync + std::fmt::Debug {
+    /// Runs the input until shutdown.
+    fn run(self: Arc<Self>, ctx: InputContext) -> crate::output::BoxFuture<'static, ()>;
+}
+
+/// Input types this build knows (`dummy` is the old name of `sample`).
+pub const TYPES: &[&str] = &["dummy", "sample"];
+
+/// Builds the input a `<source>` section describes.
+pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
+    let type_name = section.string("@type").ok_or_else(|| {
+        ConfigError::at(
+            &section.pos,
+            "Missing '@type' parameter on <source> directive",
+        )
+    })?;
+    match type_name.as_str() {
+        "sample" | "dummy" => Ok(Arc::new(sample::Sample::configure(section)?)),
+        other => {
+            let pos = section
+                .peek("@type")
+                .map(|p| p.value_pos.clone())
+                .unwrap_or(section.pos.clone());
+            Err(ConfigError::at(
+                &pos,
+                format!(
+                    "Unknown input plugin '{other}'. Supported input plugins: {}",
+                    TYPES.join(", ")
+                ),
+            ))
+        }
+    }
+}

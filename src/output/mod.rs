@@ -1,0 +1,322 @@
+//! Outputs: where events leave sluice.
+//!
+//! A `<match>` section becomes a [`Target`]: an [`Output`] plugin, or one of the routing
+//! outputs the router carries out itself (`relabel`, `copy`). This module builds targets,
+//! enforcing Fluentd's rules on `<buffer>` and `<secondary>` sections with Fluentd's wording.
+
+pub mod null;
+pub mod stdout;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::buffer::config::{BufferConfig, OutputDefaults};
+use crate::config::{ConfigError, Element};
+use crate::event::EventStream;
+
+/// Why an output refused events at emit time. The router sends the refused stream to the
+/// `@ERROR` label when there is one, otherwise back to the input.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmitError {
+    /// The buffer is full (`overflow_action throw_exception`).
+    #[error("buffer space has too many data")]
+    BufferOverflow,
+    /// Some records were larger than a chunk; the rest of the stream was stored.
+    #[error("{message}")]
+    ChunkOverflow {
+        /// One description per oversized record, Fluentd's wording, joined by `, `.
+        message: String,
+        /// The records that were not stored (the ones `@ERROR` receives).
+        rejected: EventStream,
+    },
+    /// A record could not be used (e.g. a chunk-key path through a non-map value).
+    #[error("{0}")]
+    InvalidRecord(String),
+    /// The output is stopping and takes no more events.
+    #[error("output is shutting down")]
+    ShuttingDown,
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EmitError {
+    /// Fluentd's error class name for this error, for log lines users search for.
+    pub fn class(&self) -> &'static str {
+        match self {
+            EmitError::BufferOverflow => "Fluent::Plugin::Buffer::BufferOverflowError",
+            EmitError::ChunkOverflow { .. } => "Fluent::Plugin::Buffer::BufferChunkOverflowError",
+            EmitError::InvalidRecord(_) => "TypeError",
+            EmitError::ShuttingDown => "Fluent::Plugin::Buffer::BufferOverflowError",
+            EmitError::Other(_) => "RuntimeError",
+        }
+    }
+}
+
+/// A boxed future, for the few async methods of plugin traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An output plugin instance.
+pub trait Output: Send + Sync + std::fmt::Debug {
+    /// Takes a stream of events of one tag. Returns once the events are stored as far as this
+    /// output promises (written for unbuffered outputs, appended for buffered ones).
+    fn emit(&self, tag: &str, es: EventStream) -> Result<(), EmitError>;
+
+    /// Starts background work (flush workers). Called once, inside the runtime.
+    fn start(self: Arc<Self>) {}
+
+    /// Enqueues and writes everything buffered now (SIGUSR1).
+    fn force_flush(&self) {}
+
+    /// Stops: flushes according to `flush_at_shutdown` and waits for the writes.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// What a `<match>` (or `<store>`, `<secondary>`) section routes to.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A plugin that writes events somewhere.
+    Output(Arc<dyn Output>),
+    /// `@type relabel`: re-emit into the label named here (with its `@`).
+    Relabel(String),
+    /// `@type copy`: every store gets every event.
+    Copy(Vec<Target>),
+}
+
+/// Output types this build knows.
+pub const TYPES: &[&str] = &["copy", "null", "relabel", "stdout"];
+
+/// Whether an output type can have a `<buffer>` section.
+fn can_buffer(type_name: &str) -> bool {
+    matches!(type_name, "null" | "stdout")
+}
+
+/// Plugin-wide settings every output build needs.
+#[derive(Debug, Default)]
+pub struct BuildContext {
+    /// `<system> root_dir`.
+    pub root_dir: Option<std::path::PathBuf>,
+    /// File-buffer paths already taken by a plugin (two plugins may not share one).
+    pub buffer_paths: std::sync::Mutex<Vec<String>>,
+}
+
+impl BuildContext {
+    /// A context for a configuration with this `root_dir`.
+    pub fn new(root_dir: Option<std::path::PathBuf>) -> BuildContext {
+        BuildContext {
+            root_dir,
+            buffer_paths: Default::default(),
+        }
+    }
+
+    /// Checks where a file buffer will live: it needs a `path`, or an `@id` with `root_dir`,
+    /// and no other plugin may use the same path.
+    fn claim_buffer_path(
+        &self,
+        output: &Element,
+        buffer: &Element,
+        cfg: &BufferConfig,
+    ) -> Result<(), ConfigError> {
+        let crate::buffer::config::BufferType::File { path } = &cfg.buffer_type else {
+            return Ok(());
+        };
+        let path = match path {
+            Some(p) => p.clone(),
+            None => match (output.peek("@id"), &self.root_dir) {
+                (Some(id), Some(root)) => root
+                    .join("worker0")
+                    .join(&id.value)
+                    .join("buffer")
+                    .display()
+                    .to_string(),
+                _ => {
+                    return Err(ConfigError::at(
+                        &buffer.pos,
+                        "buffer path is not configured. specify 'path' in <buffer>",
+                    ))
+                }
+            },
+        };
+        let mut taken = self.buffer_paths.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.contains(&path) {
+            let pos = buffer
+                .peek("path")
+                .map(|p| p.value_pos.clone())
+                .unwrap_or(buffer.pos.clone());
+            return Err(ConfigError::at(
+                &pos,
+                format!("Other 'file' plugin already use same buffer path: type = file, buffer path = {path}"),
+            ));
+        }
+        taken.push(path);
+        Ok(())
+    }
+}
+
+/// The `@type` of a section, or Fluentd's error for a missing one.
+pub fn type_of(section: &Element) -> Result<String, ConfigError> {
+    section.string("@type").ok_or_else(|| {
+        ConfigError::at(
+            &section.pos,
+            format!("Missing '@type' parameter on <{}> directive", section.name),
+        )
+    })
+}
+
+/// Returns the single section named `name`, or Fluentd's error when it appears twice.
+pub fn single_section<'a>(
+    parent: &'a Element,
+    name: &'a str,
+) -> Result<Option<&'a Element>, ConfigError> {
+    let mut it = parent.sections(name);
+    let first = it.next();
+    if let Some(second) = it.next() {
+        return Err(ConfigError::at(
+            &second.pos,
+            format!("'<{name}>' section cannot be written twice or more"),
+        ));
+    }
+    Ok(first)
+}
+
+/// Builds the target of a `<match>`, `<store>` or `<secondary>` section.
+pub fn build(section: &Element, ctx: &BuildContext) -> Result<Target, ConfigError> {
+    let type_name = type_of(section)?;
+    build_typed(section, &type_name, ctx)
+}
+
+fn build_typed(
+    section: &Element,
+    type_name: &str,
+    ctx: &BuildContext,
+) -> Result<Target, ConfigError> {
+    if !TYPES.contains(&type_name) {
+        let pos = section
+            .peek("@type")
+            .map(|p| p.value_pos.clone())
+            .unwrap_or(section.pos.clone());
+        return Err(ConfigError::at(
+            &pos,
+            format!(
+                "Unknown output plugin '{type_name}'. Supported output plugins: {}",
+                TYPES.join(", ")
+            ),
+        ));
+    }
+    let buffer = single_section(section, "buffer")?;
+    let secondary = single_section(section, "secondary")?;
+    if let Some(b) = buffer {
+        if !can_buffer(type_name) {
+            return Err(ConfigError::at(
+                &b.pos,
+                format!("<buffer> section is configured, but plugin '{type_name}' doesn't support buffering"),
+            ));
+        }
+    }
+    if let Some(s) = secondary {
+        if buffer.is_none() {
+            return Err(ConfigError::at(
+                &s.pos,
+                "Invalid <secondary> section for non-buffered plugin",
+            ));
+        }
+        if let Some(b) = s.sections("buffer").next() {
+            return Err(ConfigError::at(
+                &b.pos,
+                "<secondary> section cannot have <buffer> section",
+            ));
+        }
+        if let Some(b) = s.sections("secondary").next() {
+            return Err(ConfigError::at(
+                &b.pos,
+                "<secondary> section cannot have <secondary> section",
+            ));
+        }
+        let sec_type = s.string("@type").unwrap_or_else(|| type_name.to_string());
+        if TYPES.contains(&sec_type.as_str()) && !can_buffer(&sec_type) {
+            return Err(ConfigError::at(
+                &s.pos,
+                format!(
+                    "Failed to setup secondary plugin in '{type_name}'. '{sec_type}' plugin in not allowed due to non buffered output"
+                ),
+            ));
+        }
+        build_typed(s, &sec_type, ctx)?;
+        if let Some(b) = buffer {
+            if let Some(t) = b.float("retry_secondary_threshold")? {
+                if !(t > 0.0 && t < 1.0) {
+                    let p = b.peek("retry_secondary_threshold").expect("was read");
+                    return Err(ConfigError::at(
+                        &p.value_pos,
+                        format!("retry_secondary_threshold {t}: secondary_transition_threshold MUST be between 0 and 1"),
+                    ));
+                }
+            }
+        }
+    }
+    match type_name {
+        "relabel" => {
+            let label = section.string("@label").ok_or_else(|| {
+                ConfigError::at(&section.pos, "relabel output requires '@label' parameter")
+            })?;
+            Ok(Target::Relabel(label))
+        }
+        "copy" => {
+            let _ = section.bool("deep_copy")?;
+            let _ = section.enumeration("copy_mode", &["no_copy", "shallow", "deep", "marshal"])?;
+            let mut stores = Vec::new();
+            for store in section.sections("store") {
+                let _ = store.bool("ignore_error")?;
+                stores.push(build(store, ctx)?);
+            }
+            if stores.is_empty() {
+                return Err(ConfigError::at(
+                    &section.pos,
+                    "copy output needs at least one <store> section",
+                ));
+            }
+            Ok(Target::Copy(stores))
+        }
+        "stdout" => {
+            let buffer = buffered(section, buffer, &stdout::defaults(), ctx)?;
+            Ok(Target::Output(Arc::new(stdout::Stdout::configure(
+                section, buffer,
+            )?)))
+        }
+        "null" => {
+            let buffer = buffered(section, buffer, &null::defaults(), ctx)?;
+            Ok(Target::Output(Arc::new(null::Null::configure(
+                section, buffer,
+            )?)))
+        }
+        _ => unreachable!("type checked against TYPES above"),
+    }
+}
+
+/// Reads the `<buffer>` section of a buffered output, if it has one.
+fn buffered(
+    section: &Element,
+    buffer: Option<&Element>,
+    defaults: &OutputDefaults,
+    ctx: &BuildContext,
+) -> Result<Option<BufferConfig>, ConfigError> {
+    let Some(b) = buffer else { return Ok(None) };
+    let cfg = BufferConfig::from_section(b, section, defaults)?;
+    ctx.claim_buffer_path(section, b, &cfg)?;
+    Ok(Some(cfg))
+}
+
+/// Defaults shared by outputs whose buffer has no chunk keys.
+pub fn plain_defaults(plugin: &'static str) -> OutputDefaults {
+    OutputDefaults {
+        chunk_keys: Default::default(),
+        buffer_type: "memory",
+        timekey: None,
+        chunk_limit_size: None,
+        flush_at_shutdown: None,
+        plugin,
+    }
+}
