@@ -62,23 +62,39 @@ impl Args {
     }
 }
 
-/// Installs the global log subscriber (stderr).
-pub fn init_logging(level: &str, format: LogFormat) {
+/// Changes the log level after start-up (once `<system> log_level` is known).
+pub type LevelHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// Installs the global log subscriber (stderr) at `level`; `SLUICE_LOG` overrides it.
+pub fn init_logging(level: &str, format: LogFormat) -> Option<LevelHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(level_filter(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
+    let ok = match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false))
+            .try_init(),
+    };
+    ok.ok().map(|_| handle)
+}
+
+/// Sets the log level of a running subscriber.
+pub fn set_level(handle: &LevelHandle, level: &str) {
+    let _ = handle.modify(|f| *f = level_filter(level));
+}
+
+fn level_filter(level: &str) -> tracing_subscriber::EnvFilter {
     let level = match level {
         "fatal" => "error",
         other => other,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
 }
 
 /// Renders the configuration tree with each parameter's typed value, for `--show-config`.

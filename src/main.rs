@@ -22,6 +22,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Logging first, so warnings of the parser are seen; `<system> log_level` applies after.
+    let handle = cli::init_logging(args.level_override().unwrap_or("info"), args.log_format);
     let parsed = match &args.config {
         Some(path) => parser::parse_file(path),
         None => parser::parse_str(DEFAULT_CONFIG, "<default config>", std::env::current_dir()?),
@@ -29,7 +31,6 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = match parsed {
         Ok(r) => r,
         Err(e) => {
-            cli::init_logging(args.level_override().unwrap_or("info"), args.log_format);
             eprintln!("{e}");
             return Ok(ExitCode::from(1));
         }
@@ -40,12 +41,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|e| e.name == "system")
         .filter_map(|s| s.peek("log_level").map(|p| p.value.trim().to_string()))
         .next_back();
-    let level = args
-        .level_override()
-        .map(str::to_string)
-        .or(system_level)
-        .unwrap_or_else(|| "info".into());
-    cli::init_logging(&level, args.log_format);
+    if let (None, Some(level), Some(h)) = (args.level_override(), system_level, &handle) {
+        cli::set_level(h, &level);
+    }
 
     let built = pipeline::build(
         &root,

@@ -5,3 +5,4 @@
 
 pub mod chunk_id;
 pub mod config;
+pub mod metadata;

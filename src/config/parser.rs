@@ -288,6 +288,7 @@ impl Parser<'_, '_> {
                 let start = offset(input);
                 advance(input, 1);
                 if rest(input).starts_with('/') {
+                    let tag_start = start;
                     advance(input, 1);
                     let e_name = element_name(input);
                     advance(input, blank_len(rest(input)));
@@ -300,7 +301,11 @@ impl Parser<'_, '_> {
                         None => return fail(input, "expected end of line after end tag"),
                     }
                     if Some(e_name) != name {
-                        return fail(input, "unmatched end tag");
+                        // Point at the end tag itself, not past it.
+                        return Err(ErrMode::Cut(Syntax {
+                            offset: tag_start,
+                            message: "unmatched end tag".into(),
+                        }));
                     }
                     return Ok(());
                 }

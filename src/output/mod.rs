@@ -54,6 +54,73 @@ impl EmitError {
     }
 }
 
+/// What an emit promises: the events are stored, and — for durable buffers — a way to wait
+/// until they are on disk. Inputs acknowledge (forward `ack`, HTTP 2xx) only after
+/// [`Receipt::durable`] returns `Ok`.
+#[derive(Debug, Default)]
+pub struct Receipt {
+    waits: Vec<DurableWait>,
+}
+
+/// One buffer's promise to make appends up to `seq` durable.
+#[derive(Debug)]
+pub struct DurableWait {
+    /// The buffer's progress: appends up to this sequence number are durable.
+    pub progress: tokio::sync::watch::Receiver<SyncProgress>,
+    /// The sequence number of this emit's last append.
+    pub seq: u64,
+}
+
+/// Durability progress published by a file buffer's group-commit task.
+#[derive(Debug, Clone, Default)]
+pub struct SyncProgress {
+    /// Every append with a sequence number up to this one is durable.
+    pub synced: u64,
+    /// Set when syncing failed: appends after `synced` will not become durable.
+    pub failed: Option<Arc<str>>,
+}
+
+impl Receipt {
+    /// A receipt for events stored with nothing more to wait for (memory buffers, unbuffered
+    /// outputs).
+    pub fn stored() -> Receipt {
+        Receipt::default()
+    }
+
+    /// A receipt that waits for one buffer's sync.
+    pub fn wait_for(w: DurableWait) -> Receipt {
+        Receipt { waits: vec![w] }
+    }
+
+    /// Adds another receipt's waits (an emit that reached several buffers).
+    pub fn merge(&mut self, other: Receipt) {
+        self.waits.extend(other.waits);
+    }
+
+    /// Waits until every buffer the events went to has made them durable.
+    pub async fn durable(self) -> Result<(), EmitError> {
+        for mut w in self.waits {
+            let seq = w.seq;
+            let r = w
+                .progress
+                .wait_for(|p| p.synced >= seq || p.failed.is_some())
+                .await
+                .map(|p| p.clone());
+            match r {
+                Ok(p) if p.synced >= seq => {}
+                Ok(p) => {
+                    return Err(EmitError::Other(format!(
+                        "buffer sync failed: {}",
+                        p.failed.as_deref().unwrap_or("unknown error")
+                    )))
+                }
+                Err(_) => return Err(EmitError::ShuttingDown),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A boxed future, for the few async methods of plugin traits.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -61,7 +128,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Output: Send + Sync + std::fmt::Debug {
     /// Takes a stream of events of one tag. Returns once the events are stored as far as this
     /// output promises (written for unbuffered outputs, appended for buffered ones).
-    fn emit(&self, tag: &str, es: EventStream) -> Result<(), EmitError>;
+    fn emit(&self, tag: &str, es: EventStream) -> Result<Receipt, EmitError>;
 
     /// Starts background work (flush workers). Called once, inside the runtime.
     fn start(self: Arc<Self>) {}
@@ -88,6 +155,17 @@ pub enum Target {
 
 /// Output types this build knows.
 pub const TYPES: &[&str] = &["copy", "null", "relabel", "stdout"];
+
+/// Fluentd's class name for an output type, for messages users search for.
+fn fluentd_class(type_name: &str) -> String {
+    match type_name {
+        "relabel" => "Fluent::Plugin::RelabelOutput".into(),
+        "copy" => "Fluent::Plugin::CopyOutput".into(),
+        "stdout" => "Fluent::Plugin::StdoutOutput".into(),
+        "null" => "Fluent::Plugin::NullOutput".into(),
+        other => other.into(),
+    }
+}
 
 /// Whether an output type can have a `<buffer>` section.
 fn can_buffer(type_name: &str) -> bool {
@@ -212,7 +290,10 @@ fn build_typed(
         if !can_buffer(type_name) {
             return Err(ConfigError::at(
                 &b.pos,
-                format!("<buffer> section is configured, but plugin '{type_name}' doesn't support buffering"),
+                format!(
+                    "<buffer> section is configured, but plugin '{}' doesn't support buffering",
+                    fluentd_class(type_name)
+                ),
             ));
         }
     }

@@ -4,7 +4,7 @@ use crate::buffer::config::{BufferConfig, OutputDefaults};
 use crate::config::{ConfigError, Element};
 use crate::event::EventStream;
 
-use super::{EmitError, Output};
+use super::{EmitError, Output, Receipt};
 
 /// The null output. Counts what it discards, so benchmarks and tests can see it arrived.
 #[derive(Debug, Default)]
@@ -35,9 +35,9 @@ impl Null {
 }
 
 impl Output for Null {
-    fn emit(&self, _tag: &str, es: EventStream) -> Result<(), EmitError> {
+    fn emit(&self, _tag: &str, es: EventStream) -> Result<Receipt, EmitError> {
         self.events
             .fetch_add(es.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        Ok(Receipt::stored())
     }
 }

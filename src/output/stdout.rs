@@ -10,7 +10,7 @@ use crate::event::EventStream;
 use crate::msgpack;
 use crate::time::Zone;
 
-use super::{EmitError, Output};
+use super::{EmitError, Output, Receipt};
 
 /// The stdout output.
 #[derive(Debug)]
@@ -92,13 +92,14 @@ impl Stdout {
 }
 
 impl Output for Stdout {
-    fn emit(&self, tag: &str, es: EventStream) -> Result<(), EmitError> {
+    fn emit(&self, tag: &str, es: EventStream) -> Result<Receipt, EmitError> {
         let mut buf = Vec::with_capacity(es.bytes().len() * 2 + 64);
         self.format(tag, &es, &mut buf);
         let mut out = std::io::stdout().lock();
         out.write_all(&buf)
             .and_then(|_| out.flush())
-            .map_err(|e| EmitError::Other(format!("cannot write to stdout: {e}")))
+            .map_err(|e| EmitError::Other(format!("cannot write to stdout: {e}")))?;
+        Ok(Receipt::stored())
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::config::{ConfigError, ConfigErrors, Element};
 use crate::event::EventStream;
 use crate::filter::{self, Filter};
-use crate::output::{self, EmitError, Output, Target};
+use crate::output::{self, EmitError, Output, Receipt, Target};
 use pattern::MatchPatterns;
 
 /// Identifies a label (the top level is one too).
@@ -169,7 +169,8 @@ impl Router {
 
     /// Emits a stream of events tagged `tag` into `label`. An error means the events were not
     /// (all) stored and no `@ERROR` label took them: the input should not acknowledge them.
-    pub fn emit(&self, label: LabelId, tag: &str, es: EventStream) -> Result<(), EmitError> {
+    /// On success, the receipt's [`Receipt::durable`] tells when they may be acknowledged.
+    pub fn emit(&self, label: LabelId, tag: &str, es: EventStream) -> Result<Receipt, EmitError> {
         self.emit_in(label, tag, es, false)
     }
 
@@ -179,24 +180,24 @@ impl Router {
         tag: &str,
         es: EventStream,
         in_error: bool,
-    ) -> Result<(), EmitError> {
+    ) -> Result<Receipt, EmitError> {
         if es.is_empty() {
-            return Ok(());
+            return Ok(Receipt::stored());
         }
         let route = self.route(label, tag);
         let Some(target) = &route.target else {
             self.report_unmatched(tag);
-            return Ok(());
+            return Ok(Receipt::stored());
         };
         let mut es = es;
         for f in &route.filters {
             es = f.filter_stream(tag, es);
             if es.is_empty() {
-                return Ok(());
+                return Ok(Receipt::stored());
             }
         }
         match self.deliver(target, tag, es.clone(), in_error) {
-            Ok(()) => Ok(()),
+            Ok(r) => Ok(r),
             Err(e) => self.handle_error(tag, es, e, in_error),
         }
     }
@@ -207,7 +208,7 @@ impl Router {
         es: EventStream,
         e: EmitError,
         in_error: bool,
-    ) -> Result<(), EmitError> {
+    ) -> Result<Receipt, EmitError> {
         match self.error_label {
             Some(error_label) if !in_error => {
                 tracing::warn!(tag, error_class = e.class(), error = %e, "send an error event stream to @ERROR:");
@@ -230,7 +231,7 @@ impl Router {
         tag: &str,
         es: EventStream,
         in_error: bool,
-    ) -> Result<(), EmitError> {
+    ) -> Result<Receipt, EmitError> {
         match target {
             Target::Output(o) => o.emit(tag, es),
             Target::Relabel(name) => {
@@ -243,12 +244,16 @@ impl Router {
             }
             Target::Copy(stores) => {
                 let mut first_err = None;
+                let mut receipt = Receipt::stored();
                 for s in stores {
-                    if let Err(e) = self.deliver(s, tag, es.clone(), in_error) {
-                        first_err.get_or_insert(e);
+                    match self.deliver(s, tag, es.clone(), in_error) {
+                        Ok(r) => receipt.merge(r),
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
                     }
                 }
-                first_err.map_or(Ok(()), Err)
+                first_err.map_or(Ok(receipt), Err)
             }
         }
     }
