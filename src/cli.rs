@@ -63,7 +63,8 @@ impl Args {
 }
 
 /// Changes the log level after start-up (once `<system> log_level` is known).
-pub type LevelHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+pub type LevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
 /// Installs the global log subscriber (stderr) at `level`; `SLUICE_LOG` overrides it.
 pub fn init_logging(level: &str, format: LogFormat) -> Option<LevelHandle> {
@@ -74,10 +75,20 @@ pub fn init_logging(level: &str, format: LogFormat) -> Option<LevelHandle> {
     let registry = tracing_subscriber::registry().with(filter);
     let ok = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    .with_ansi(ansi),
+            )
             .try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_target(false),
+            )
             .try_init(),
     };
     ok.ok().map(|_| handle)

@@ -233,3 +233,43 @@ mod tests {
         assert_eq!(c.now(), EventTime::new(101, 500_000_000));
     }
 }
+
+/// Wall-clock time that follows tokio's clock: the system time at creation plus tokio's elapsed
+/// time. Under `tokio::time::pause()` it moves only when tokio's virtual time does, so the real
+/// flush and retry loops can be tested on virtual time, deterministically and without waiting.
+#[derive(Debug, Clone)]
+pub struct TokioClock {
+    base: EventTime,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `base` now.
+    pub fn starting_at(base: EventTime) -> Arc<TokioClock> {
+        Arc::new(TokioClock {
+            base,
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> EventTime {
+        let e = self.start.elapsed();
+        let nanos = self.base.nsec as u128 + e.subsec_nanos() as u128;
+        EventTime::new(
+            self.base.sec + e.as_secs() as i64 + (nanos / 1_000_000_000) as i64,
+            (nanos % 1_000_000_000) as u32,
+        )
+    }
+}
+
+/// How long from `now` until `t` (zero when `t` is past).
+pub fn until(now: EventTime, t: EventTime) -> std::time::Duration {
+    let diff = (t.sec - now.sec) as i128 * 1_000_000_000 + (t.nsec as i128 - now.nsec as i128);
+    if diff <= 0 {
+        std::time::Duration::ZERO
+    } else {
+        std::time::Duration::from_nanos(diff.min(u64::MAX as i128) as u64)
+    }
+}

@@ -166,6 +166,8 @@ pub struct BufferConfig {
     pub retry_randomize: bool,
     /// Throw unrecoverable chunks away instead of backing them up.
     pub disable_chunk_backup: bool,
+    /// Most bytes a compressed chunk may decompress to.
+    pub decompression_size_limit: u64,
     /// File-buffer durability.
     pub sync: SyncMode,
 }
@@ -407,37 +409,39 @@ impl BufferConfig {
         let retry_max_interval = section.time("retry_max_interval")?;
         let retry_randomize = section.bool("retry_randomize")?.unwrap_or(true);
         let disable_chunk_backup = section.bool("disable_chunk_backup")?.unwrap_or(false);
-        // Read for Fluentd compatibility; decompression happens at flush time.
-        let _ = section.size("decompression_size_limit")?;
-        let sync =
-            if is_file {
-                match section.param("sync") {
-                    None => SyncMode::Always,
-                    Some(p) => match p.value.split_whitespace().collect::<Vec<_>>().as_slice() {
-                        ["always"] => SyncMode::Always,
-                        ["none"] => SyncMode::None,
-                        ["interval", t] => SyncMode::Interval(
-                            crate::config::value::parse_time(t)
-                                .ok_or_else(|| {
-                                    ConfigError::at(
-                                        &p.value_pos,
-                                        format!("sync: invalid value for Float(): \"{t}\""),
-                                    )
-                                })?
-                                .0,
-                        ),
-                        _ => return Err(ConfigError::at(
+        let decompression_size_limit = section
+            .size("decompression_size_limit")?
+            .unwrap_or(256 << 20);
+        let sync = if is_file {
+            match section.param("sync") {
+                None => SyncMode::Always,
+                Some(p) => match p.value.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    ["always"] => SyncMode::Always,
+                    ["none"] => SyncMode::None,
+                    ["interval", t] => SyncMode::Interval(
+                        crate::config::value::parse_time(t)
+                            .ok_or_else(|| {
+                                ConfigError::at(
+                                    &p.value_pos,
+                                    format!("sync: invalid value for Float(): \"{t}\""),
+                                )
+                            })?
+                            .0,
+                    ),
+                    _ => {
+                        return Err(ConfigError::at(
                             &p.value_pos,
                             format!(
                                 "sync: valid options are always,interval <time>,none but got {}",
                                 p.value
                             ),
-                        )),
-                    },
-                }
-            } else {
-                SyncMode::None
-            };
+                        ))
+                    }
+                },
+            }
+        } else {
+            SyncMode::None
+        };
 
         Ok(BufferConfig {
             buffer_type,
@@ -471,6 +475,7 @@ impl BufferConfig {
             retry_max_interval,
             retry_randomize,
             disable_chunk_backup,
+            decompression_size_limit,
             sync,
         })
     }

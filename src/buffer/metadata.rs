@@ -64,8 +64,9 @@ impl MetadataBuilder {
             .fields
             .iter()
             .map(|k| {
-                let acc = RecordAccessor::parse(k)
-                    .unwrap_or_else(|_| RecordAccessor::parse(&k.replace(['$', '[', ']', '\''], "")).expect("plain key"));
+                let acc = RecordAccessor::parse(k).unwrap_or_else(|_| {
+                    RecordAccessor::parse(&k.replace(['$', '[', ']', '\''], "")).expect("plain key")
+                });
                 (Arc::from(k.as_str()), acc)
             })
             .collect();
@@ -90,7 +91,12 @@ impl MetadataBuilder {
     }
 
     /// The metadata of one event.
-    pub fn metadata(&self, tag: &Arc<str>, time: EventTime, record: &[u8]) -> Result<Metadata, AccessError> {
+    pub fn metadata(
+        &self,
+        tag: &Arc<str>,
+        time: EventTime,
+        record: &[u8],
+    ) -> Result<Metadata, AccessError> {
         let timekey = match (self.keys.time, self.timekey) {
             (true, Some(k)) => Some(self.slice_start(time.sec, k)),
             _ => None,
@@ -131,7 +137,12 @@ mod tests {
     use crate::config::parser::parse_str;
 
     fn builder(buffer: &str) -> MetadataBuilder {
-        let root = parse_str(&format!("<match **>\n{buffer}\n</match>\n"), "t.conf", ".".into()).unwrap();
+        let root = parse_str(
+            &format!("<match **>\n{buffer}\n</match>\n"),
+            "t.conf",
+            ".".into(),
+        )
+        .unwrap();
         let m = &root.elements[0];
         let b = &m.elements[0];
         let d = OutputDefaults {
@@ -156,7 +167,13 @@ mod tests {
         let b = builder("<buffer time>\ntimekey 1d\ntimekey_zone +0900\n</buffer>");
         // 2019-02-08 00:02:00 +0900 belongs to the slice starting 2019-02-08 00:00 +0900.
         let t = 1549551720;
-        let m = b.metadata(&Arc::from("t"), EventTime::new(t, 0), &rec(serde_json::json!({}))).unwrap();
+        let m = b
+            .metadata(
+                &Arc::from("t"),
+                EventTime::new(t, 0),
+                &rec(serde_json::json!({})),
+            )
+            .unwrap();
         assert_eq!(m.timekey, Some(1549551600));
         let b = builder("<buffer time>\ntimekey 60\ntimekey_use_utc true\n</buffer>");
         assert_eq!(b.slice_start(125, 60), 120);
@@ -168,8 +185,12 @@ mod tests {
         let b = builder("<buffer tag,port,$.k.ns>\n</buffer>");
         let tag: Arc<str> = Arc::from("web");
         let t = EventTime::new(0, 0);
-        let a = b.metadata(&tag, t, &rec(serde_json::json!({"port": 80}))).unwrap();
-        let s = b.metadata(&tag, t, &rec(serde_json::json!({"port": "80"}))).unwrap();
+        let a = b
+            .metadata(&tag, t, &rec(serde_json::json!({"port": 80})))
+            .unwrap();
+        let s = b
+            .metadata(&tag, t, &rec(serde_json::json!({"port": "80"})))
+            .unwrap();
         assert_ne!(a, s);
         assert_eq!(a.variable("$.k.ns"), Some(NIL));
         assert_eq!(a.tag.as_deref(), Some("web"));

@@ -3,6 +3,8 @@
 //! [`config`] reads and validates a `<buffer>` section into a [`config::BufferConfig`] with
 //! Fluentd's defaults and rules.
 
+pub mod chunk;
 pub mod chunk_id;
 pub mod config;
+pub mod core;
 pub mod metadata;

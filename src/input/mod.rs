@@ -4,7 +4,9 @@
 //! router under the label its `@label` names (the top level otherwise) and stops when the
 //! shutdown signal flips.
 
+pub mod forward;
 pub mod sample;
+pub mod unix;
 
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ pub trait Input: Send + Sync + std::fmt::Debug {
 }
 
 /// Input types this build knows (`dummy` is the old name of `sample`).
-pub const TYPES: &[&str] = &["dummy", "sample"];
+pub const TYPES: &[&str] = &["dummy", "forward", "sample", "unix"];
 
 /// Builds the input a `<source>` section describes.
 pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
@@ -43,6 +45,8 @@ pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
     })?;
     match type_name.as_str() {
         "sample" | "dummy" => Ok(Arc::new(sample::Sample::configure(section)?)),
+        "forward" => Ok(Arc::new(forward::Forward::configure(section)?)),
+        "unix" => Ok(Arc::new(unix::Unix::configure(section)?)),
         other => {
             let pos = section
                 .peek("@type")

@@ -107,7 +107,7 @@ struct Cursor {
 }
 
 impl Sample {
-    fn emit(&self, ctx: &InputContext, encoded: &[Vec<u8>], cur: &mut Cursor, times: u64) {
+    async fn emit(&self, ctx: &InputContext, encoded: &[Vec<u8>], cur: &mut Cursor, times: u64) {
         for _ in 0..times {
             let now = EventTime::now();
             let mut b = StreamBuilder::with_capacity(64 * self.size as usize);
@@ -127,7 +127,7 @@ impl Sample {
                 }
             }
             // Errors were logged by the router; a generator simply goes on.
-            let _ = ctx.router.emit(ctx.label, &self.tag, b.finish());
+            let _ = ctx.router.emit(ctx.label, &self.tag, b.finish()).await;
         }
     }
 }
@@ -147,7 +147,7 @@ impl Input for Sample {
                 let second_start = tokio::time::Instant::now();
                 for bin in 1..=10u32 {
                     if per_bin > 0 {
-                        self.emit(&ctx, &encoded, &mut cur, per_bin);
+                        self.emit(&ctx, &encoded, &mut cur, per_bin).await;
                     }
                     let until = second_start + Duration::from_millis(100) * bin;
                     tokio::select! {
@@ -158,7 +158,7 @@ impl Input for Sample {
                         return;
                     }
                 }
-                self.emit(&ctx, &encoded, &mut cur, residual);
+                self.emit(&ctx, &encoded, &mut cur, residual).await;
             }
         })
     }

@@ -4,7 +4,9 @@
 //! outputs the router carries out itself (`relabel`, `copy`). This module builds targets,
 //! enforcing Fluentd's rules on `<buffer>` and `<secondary>` sections with Fluentd's wording.
 
+pub mod buffered;
 pub mod null;
+pub mod retry;
 pub mod stdout;
 
 use std::future::Future;
@@ -14,25 +16,17 @@ use std::sync::Arc;
 use crate::buffer::config::{BufferConfig, OutputDefaults};
 use crate::config::{ConfigError, Element};
 use crate::event::EventStream;
+use buffered::ChunkWriter;
 
-/// Why an output refused events at emit time. The router sends the refused stream to the
-/// `@ERROR` label when there is one, otherwise back to the input.
+/// Why an output refused a whole stream at emit time. Nothing of the stream was stored; the
+/// router sends it to the `@ERROR` label when there is one, otherwise back to the input (which
+/// must not acknowledge it).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EmitError {
-    /// The buffer is full (`overflow_action throw_exception`).
+    /// The buffer is full (`overflow_action throw_exception`, or `drop_oldest_chunk` with
+    /// nothing to drop).
     #[error("buffer space has too many data")]
     BufferOverflow,
-    /// Some records were larger than a chunk; the rest of the stream was stored.
-    #[error("{message}")]
-    ChunkOverflow {
-        /// One description per oversized record, Fluentd's wording, joined by `, `.
-        message: String,
-        /// The records that were not stored (the ones `@ERROR` receives).
-        rejected: EventStream,
-    },
-    /// A record could not be used (e.g. a chunk-key path through a non-map value).
-    #[error("{0}")]
-    InvalidRecord(String),
     /// The output is stopping and takes no more events.
     #[error("output is shutting down")]
     ShuttingDown,
@@ -41,14 +35,27 @@ pub enum EmitError {
     Other(String),
 }
 
+/// Events of a stream an output could not store although it stored the rest: records larger
+/// than a chunk, records whose chunk-key path runs through a non-map value. They can never be
+/// stored by retrying, so the input is not asked to resend; the router sends them to `@ERROR`
+/// or reports them.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Fluentd's error class for the log line.
+    pub class: &'static str,
+    /// What was wrong with each record, joined by `, ` (Fluentd's wording).
+    pub message: String,
+    /// The rejected events.
+    pub events: EventStream,
+}
+
 impl EmitError {
     /// Fluentd's error class name for this error, for log lines users search for.
     pub fn class(&self) -> &'static str {
         match self {
-            EmitError::BufferOverflow => "Fluent::Plugin::Buffer::BufferOverflowError",
-            EmitError::ChunkOverflow { .. } => "Fluent::Plugin::Buffer::BufferChunkOverflowError",
-            EmitError::InvalidRecord(_) => "TypeError",
-            EmitError::ShuttingDown => "Fluent::Plugin::Buffer::BufferOverflowError",
+            EmitError::BufferOverflow | EmitError::ShuttingDown => {
+                "Fluent::Plugin::Buffer::BufferOverflowError"
+            }
             EmitError::Other(_) => "RuntimeError",
         }
     }
@@ -60,6 +67,8 @@ impl EmitError {
 #[derive(Debug, Default)]
 pub struct Receipt {
     waits: Vec<DurableWait>,
+    /// Events that were not stored although the rest was.
+    pub rejected: Vec<Rejected>,
 }
 
 /// One buffer's promise to make appends up to `seq` durable.
@@ -89,12 +98,16 @@ impl Receipt {
 
     /// A receipt that waits for one buffer's sync.
     pub fn wait_for(w: DurableWait) -> Receipt {
-        Receipt { waits: vec![w] }
+        Receipt {
+            waits: vec![w],
+            rejected: Vec::new(),
+        }
     }
 
-    /// Adds another receipt's waits (an emit that reached several buffers).
+    /// Adds another receipt's waits and rejections (an emit that reached several buffers).
     pub fn merge(&mut self, other: Receipt) {
         self.waits.extend(other.waits);
+        self.rejected.extend(other.rejected);
     }
 
     /// Waits until every buffer the events went to has made them durable.
@@ -128,7 +141,16 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Output: Send + Sync + std::fmt::Debug {
     /// Takes a stream of events of one tag. Returns once the events are stored as far as this
     /// output promises (written for unbuffered outputs, appended for buffered ones).
-    fn emit(&self, tag: &str, es: EventStream) -> Result<Receipt, EmitError>;
+    fn emit<'a>(
+        &'a self,
+        tag: &'a str,
+        es: EventStream,
+    ) -> BoxFuture<'a, Result<Receipt, EmitError>>;
+
+    /// Buffer and retry figures, for metrics (None for unbuffered outputs).
+    fn metrics(&self) -> Option<buffered::OutputMetrics> {
+        None
+    }
 
     /// Starts background work (flush workers). Called once, inside the runtime.
     fn start(self: Arc<Self>) {}
@@ -173,12 +195,20 @@ fn can_buffer(type_name: &str) -> bool {
 }
 
 /// Plugin-wide settings every output build needs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BuildContext {
     /// `<system> root_dir`.
     pub root_dir: Option<std::path::PathBuf>,
+    /// The clock buffered outputs read (a fake one in tests).
+    pub clock: Arc<dyn crate::time::Clock>,
     /// File-buffer paths already taken by a plugin (two plugins may not share one).
     pub buffer_paths: std::sync::Mutex<Vec<String>>,
+}
+
+impl Default for BuildContext {
+    fn default() -> Self {
+        BuildContext::new(None)
+    }
 }
 
 impl BuildContext {
@@ -186,6 +216,7 @@ impl BuildContext {
     pub fn new(root_dir: Option<std::path::PathBuf>) -> BuildContext {
         BuildContext {
             root_dir,
+            clock: Arc::new(crate::time::SystemClock),
             buffer_paths: Default::default(),
         }
     }
@@ -286,6 +317,7 @@ fn build_typed(
     }
     let buffer = single_section(section, "buffer")?;
     let secondary = single_section(section, "secondary")?;
+    let mut secondary_writer: Option<Arc<dyn ChunkWriter>> = None;
     if let Some(b) = buffer {
         if !can_buffer(type_name) {
             return Err(ConfigError::at(
@@ -325,7 +357,7 @@ fn build_typed(
                 ),
             ));
         }
-        build_typed(s, &sec_type, ctx)?;
+        let writer = build_writer(s, &sec_type)?;
         if let Some(b) = buffer {
             if let Some(t) = b.float("retry_secondary_threshold")? {
                 if !(t > 0.0 && t < 1.0) {
@@ -337,6 +369,7 @@ fn build_typed(
                 }
             }
         }
+        secondary_writer = Some(writer);
     }
     match type_name {
         "relabel" => {
@@ -361,20 +394,57 @@ fn build_typed(
             }
             Ok(Target::Copy(stores))
         }
-        "stdout" => {
-            let buffer = buffered(section, buffer, &stdout::defaults(), ctx)?;
-            Ok(Target::Output(Arc::new(stdout::Stdout::configure(
-                section, buffer,
-            )?)))
-        }
-        "null" => {
-            let buffer = buffered(section, buffer, &null::defaults(), ctx)?;
-            Ok(Target::Output(Arc::new(null::Null::configure(
-                section, buffer,
-            )?)))
+        "stdout" | "null" => {
+            let defaults = if type_name == "stdout" {
+                stdout::defaults()
+            } else {
+                null::defaults()
+            };
+            match buffered(section, buffer, &defaults, ctx)? {
+                None if type_name == "stdout" => Ok(Target::Output(Arc::new(
+                    stdout::Stdout::configure(section)?,
+                ))),
+                None => Ok(Target::Output(Arc::new(null::Null::configure(section)?))),
+                Some(cfg) => {
+                    let writer = build_writer(section, type_name)?;
+                    Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
+                        plugin_id(section),
+                        writer,
+                        secondary_writer,
+                        cfg,
+                        ctx.root_dir.as_deref(),
+                        ctx.clock.clone(),
+                    ))))
+                }
+            }
         }
         _ => unreachable!("type checked against TYPES above"),
     }
+}
+
+/// Builds the chunk writer of a buffered output or of a `<secondary>`.
+fn build_writer(section: &Element, type_name: &str) -> Result<Arc<dyn ChunkWriter>, ConfigError> {
+    match type_name {
+        "stdout" => Ok(Arc::new(stdout::Stdout::configure(section)?)),
+        "null" => Ok(Arc::new(null::Null::configure(section)?)),
+        other => Err(ConfigError::at(
+            &section.pos,
+            format!("output plugin '{other}' cannot be used as a secondary"),
+        )),
+    }
+}
+
+/// The plugin id: `@id`, or for anonymous plugins `object_<hex>` derived from where the
+/// section is, so it stays the same across restarts (backup directories keep their name).
+pub fn plugin_id(section: &Element) -> String {
+    if let Some(id) = section.peek("@id") {
+        return id.value.clone();
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    section.pos.file.hash(&mut h);
+    section.pos.line.hash(&mut h);
+    format!("object_{:08x}", h.finish() as u32)
 }
 
 /// Reads the `<buffer>` section of a buffered output, if it has one.

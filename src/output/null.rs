@@ -1,16 +1,15 @@
 //! `@type null`: accepts events and discards them (for tests, benchmarks and muting tags).
 
-use crate::buffer::config::{BufferConfig, OutputDefaults};
+use crate::buffer::config::OutputDefaults;
 use crate::config::{ConfigError, Element};
 use crate::event::EventStream;
 
-use super::{EmitError, Output, Receipt};
+use super::{BoxFuture, EmitError, Output, Receipt};
 
 /// The null output. Counts what it discards, so benchmarks and tests can see it arrived.
 #[derive(Debug, Default)]
 pub struct Null {
     events: std::sync::atomic::AtomicU64,
-    _buffer: Option<BufferConfig>,
 }
 
 /// Buffer defaults of the null output.
@@ -20,12 +19,9 @@ pub fn defaults() -> OutputDefaults {
 
 impl Null {
     /// Reads a `<match>` section of type null.
-    pub fn configure(section: &Element, buffer: Option<BufferConfig>) -> Result<Null, ConfigError> {
+    pub fn configure(section: &Element) -> Result<Null, ConfigError> {
         let _ = section.bool("never_flush")?;
-        Ok(Null {
-            events: Default::default(),
-            _buffer: buffer,
-        })
+        Ok(Null::default())
     }
 
     /// Events discarded so far.
@@ -35,9 +31,32 @@ impl Null {
 }
 
 impl Output for Null {
-    fn emit(&self, _tag: &str, es: EventStream) -> Result<Receipt, EmitError> {
+    fn emit<'a>(
+        &'a self,
+        _tag: &'a str,
+        es: EventStream,
+    ) -> BoxFuture<'a, Result<Receipt, EmitError>> {
         self.events
             .fetch_add(es.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok(Receipt::stored())
+        Box::pin(std::future::ready(Ok(Receipt::stored())))
+    }
+}
+
+impl super::buffered::ChunkWriter for Null {
+    fn type_name(&self) -> &'static str {
+        "null"
+    }
+
+    fn formats(&self) -> bool {
+        false
+    }
+
+    fn write<'a>(
+        &'a self,
+        chunk: &'a super::buffered::WriteChunk,
+    ) -> BoxFuture<'a, Result<(), super::buffered::ChunkWriteError>> {
+        self.events
+            .fetch_add(chunk.chunk.records, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(std::future::ready(Ok(())))
     }
 }

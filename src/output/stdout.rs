@@ -4,20 +4,19 @@
 
 use std::io::Write;
 
-use crate::buffer::config::{BufferConfig, ChunkKeys, OutputDefaults};
+use crate::buffer::config::{ChunkKeys, OutputDefaults};
 use crate::config::{ConfigError, Element};
 use crate::event::EventStream;
 use crate::msgpack;
 use crate::time::Zone;
 
-use super::{EmitError, Output, Receipt};
+use super::{BoxFuture, EmitError, Output, Receipt};
 
 /// The stdout output.
 #[derive(Debug)]
 pub struct Stdout {
     zone: Zone,
     json_only: bool,
-    _buffer: Option<BufferConfig>,
 }
 
 /// Buffer defaults of stdout: chunk key `tag`, 10 KiB chunks, flush at shutdown.
@@ -37,10 +36,7 @@ pub fn defaults() -> OutputDefaults {
 
 impl Stdout {
     /// Reads a `<match>` section of type stdout.
-    pub fn configure(
-        section: &Element,
-        buffer: Option<BufferConfig>,
-    ) -> Result<Stdout, ConfigError> {
+    pub fn configure(section: &Element) -> Result<Stdout, ConfigError> {
         let mut zone = Zone::local();
         let mut json_only = false;
         if let Some(f) = super::single_section(section, "format")? {
@@ -63,43 +59,87 @@ impl Stdout {
                 zone = Zone::parse(&tz.value).map_err(|e| ConfigError::at(&tz.value_pos, e))?;
             }
         }
-        Ok(Stdout {
-            zone,
-            json_only,
-            _buffer: buffer,
-        })
+        Ok(Stdout { zone, json_only })
     }
 
     /// Formats one stream the way Fluentd's stdout formatter does.
     pub fn format(&self, tag: &str, es: &EventStream, out: &mut Vec<u8>) {
         for e in es.iter() {
-            if !self.json_only {
-                out.extend_from_slice(
-                    self.zone
-                        .strftime(e.time, "%Y-%m-%d %H:%M:%S.%N %z")
-                        .as_bytes(),
-                );
-                out.push(b' ');
-                out.extend_from_slice(tag.as_bytes());
-                out.extend_from_slice(b": ");
-            }
-            if msgpack::write_json(e.record, out).is_err() {
-                out.extend_from_slice(b"null");
-            }
-            out.push(b'\n');
+            self.format_event(tag, e.time, e.record, out);
         }
+    }
+
+    /// Formats one event: `<time> <tag>: <record JSON>` and a newline.
+    pub fn format_event(
+        &self,
+        tag: &str,
+        time: crate::event::EventTime,
+        record: &[u8],
+        out: &mut Vec<u8>,
+    ) {
+        if !self.json_only {
+            out.extend_from_slice(
+                self.zone
+                    .strftime(time, "%Y-%m-%d %H:%M:%S.%N %z")
+                    .as_bytes(),
+            );
+            out.push(b' ');
+            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(b": ");
+        }
+        if msgpack::write_json(record, out).is_err() {
+            out.extend_from_slice(b"null");
+        }
+        out.push(b'\n');
     }
 }
 
 impl Output for Stdout {
-    fn emit(&self, tag: &str, es: EventStream) -> Result<Receipt, EmitError> {
+    fn emit<'a>(
+        &'a self,
+        tag: &'a str,
+        es: EventStream,
+    ) -> BoxFuture<'a, Result<Receipt, EmitError>> {
         let mut buf = Vec::with_capacity(es.bytes().len() * 2 + 64);
         self.format(tag, &es, &mut buf);
-        let mut out = std::io::stdout().lock();
-        out.write_all(&buf)
-            .and_then(|_| out.flush())
-            .map_err(|e| EmitError::Other(format!("cannot write to stdout: {e}")))?;
-        Ok(Receipt::stored())
+        let r = write_stdout(&buf)
+            .map(|_| Receipt::stored())
+            .map_err(|e| EmitError::Other(format!("cannot write to stdout: {e}")));
+        Box::pin(std::future::ready(r))
+    }
+}
+
+/// Writes bytes to the process's standard output in one locked write.
+pub fn write_stdout(buf: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(buf)?;
+    out.flush()
+}
+
+impl super::buffered::ChunkWriter for Stdout {
+    fn type_name(&self) -> &'static str {
+        "stdout"
+    }
+
+    fn formats(&self) -> bool {
+        true
+    }
+
+    fn format(&self, tag: &str, time: crate::event::EventTime, record: &[u8], out: &mut Vec<u8>) {
+        self.format_event(tag, time, record, out);
+    }
+
+    fn write<'a>(
+        &'a self,
+        chunk: &'a super::buffered::WriteChunk,
+    ) -> BoxFuture<'a, Result<(), super::buffered::ChunkWriteError>> {
+        let r = chunk.data().and_then(|d| write_stdout(&d)).map_err(|e| {
+            super::buffered::ChunkWriteError::retryable(
+                "Errno::EIO",
+                format!("cannot write to stdout: {e}"),
+            )
+        });
+        Box::pin(std::future::ready(r))
     }
 }
 
@@ -116,7 +156,7 @@ mod tests {
             ".".into(),
         )
         .unwrap();
-        let s = Stdout::configure(&root.elements[0], None).unwrap();
+        let s = Stdout::configure(&root.elements[0]).unwrap();
         let mut rec = Vec::new();
         msgpack::write_from_json(&serde_json::json!({"a": 1}), &mut rec);
         let mut b = StreamBuilder::default();

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::config::{ConfigError, ConfigErrors, Element};
 use crate::event::EventStream;
 use crate::filter::{self, Filter};
-use crate::output::{self, EmitError, Output, Receipt, Target};
+use crate::output::{self, BoxFuture, EmitError, Output, Receipt, Target};
 use pattern::MatchPatterns;
 
 /// Identifies a label (the top level is one too).
@@ -170,39 +170,68 @@ impl Router {
     /// Emits a stream of events tagged `tag` into `label`. An error means the events were not
     /// (all) stored and no `@ERROR` label took them: the input should not acknowledge them.
     /// On success, the receipt's [`Receipt::durable`] tells when they may be acknowledged.
-    pub fn emit(&self, label: LabelId, tag: &str, es: EventStream) -> Result<Receipt, EmitError> {
-        self.emit_in(label, tag, es, false)
-    }
-
-    fn emit_in(
+    pub async fn emit(
         &self,
         label: LabelId,
         tag: &str,
         es: EventStream,
-        in_error: bool,
     ) -> Result<Receipt, EmitError> {
-        if es.is_empty() {
-            return Ok(Receipt::stored());
-        }
-        let route = self.route(label, tag);
-        let Some(target) = &route.target else {
-            self.report_unmatched(tag);
-            return Ok(Receipt::stored());
-        };
-        let mut es = es;
-        for f in &route.filters {
-            es = f.filter_stream(tag, es);
+        self.emit_in(label, tag, es, false).await
+    }
+
+    fn emit_in<'a>(
+        &'a self,
+        label: LabelId,
+        tag: &'a str,
+        es: EventStream,
+        in_error: bool,
+    ) -> BoxFuture<'a, Result<Receipt, EmitError>> {
+        Box::pin(async move {
             if es.is_empty() {
                 return Ok(Receipt::stored());
             }
-        }
-        match self.deliver(target, tag, es.clone(), in_error) {
-            Ok(r) => Ok(r),
-            Err(e) => self.handle_error(tag, es, e, in_error),
-        }
+            let route = self.route(label, tag);
+            let Some(target) = &route.target else {
+                self.report_unmatched(tag);
+                return Ok(Receipt::stored());
+            };
+            let mut es = es;
+            for f in &route.filters {
+                es = f.filter_stream(tag, es);
+                if es.is_empty() {
+                    return Ok(Receipt::stored());
+                }
+            }
+            match self.deliver(target, tag, es.clone(), in_error).await {
+                Ok(mut receipt) => {
+                    for r in std::mem::take(&mut receipt.rejected) {
+                        match self.error_label {
+                            Some(error_label) if !in_error => {
+                                tracing::warn!(tag, error_class = r.class, error = %r.message, "send an error event stream to @ERROR:");
+                                match self.emit_in(error_label, tag, r.events, true).await {
+                                    Ok(more) => receipt.merge(more),
+                                    Err(e) => {
+                                        tracing::error!(tag, error = %e, "@ERROR label refused the rejected events")
+                                    }
+                                }
+                            }
+                            _ => tracing::error!(
+                                tag,
+                                error_class = r.class,
+                                error = %r.message,
+                                records = r.events.len(),
+                                "emit transaction failed: these records cannot be stored and are dropped"
+                            ),
+                        }
+                    }
+                    Ok(receipt)
+                }
+                Err(e) => self.handle_error(tag, es, e, in_error).await,
+            }
+        })
     }
 
-    fn handle_error(
+    async fn handle_error(
         &self,
         tag: &str,
         es: EventStream,
@@ -212,11 +241,7 @@ impl Router {
         match self.error_label {
             Some(error_label) if !in_error => {
                 tracing::warn!(tag, error_class = e.class(), error = %e, "send an error event stream to @ERROR:");
-                let refused = match &e {
-                    EmitError::ChunkOverflow { rejected, .. } => rejected.clone(),
-                    _ => es,
-                };
-                self.emit_in(error_label, tag, refused, true)
+                self.emit_in(error_label, tag, es, true).await
             }
             _ => {
                 tracing::warn!(tag, error_class = e.class(), error = %e, "emit transaction failed:");
@@ -225,37 +250,39 @@ impl Router {
         }
     }
 
-    fn deliver(
-        &self,
-        target: &Target,
-        tag: &str,
+    fn deliver<'a>(
+        &'a self,
+        target: &'a Target,
+        tag: &'a str,
         es: EventStream,
         in_error: bool,
-    ) -> Result<Receipt, EmitError> {
-        match target {
-            Target::Output(o) => o.emit(tag, es),
-            Target::Relabel(name) => {
-                let id = self
-                    .by_name
-                    .get(name.as_str())
-                    .copied()
-                    .unwrap_or(LabelId::ROOT);
-                self.emit_in(id, tag, es, in_error)
-            }
-            Target::Copy(stores) => {
-                let mut first_err = None;
-                let mut receipt = Receipt::stored();
-                for s in stores {
-                    match self.deliver(s, tag, es.clone(), in_error) {
-                        Ok(r) => receipt.merge(r),
-                        Err(e) => {
-                            first_err.get_or_insert(e);
+    ) -> BoxFuture<'a, Result<Receipt, EmitError>> {
+        Box::pin(async move {
+            match target {
+                Target::Output(o) => o.emit(tag, es).await,
+                Target::Relabel(name) => {
+                    let id = self
+                        .by_name
+                        .get(name.as_str())
+                        .copied()
+                        .unwrap_or(LabelId::ROOT);
+                    self.emit_in(id, tag, es, in_error).await
+                }
+                Target::Copy(stores) => {
+                    let mut first_err = None;
+                    let mut receipt = Receipt::stored();
+                    for s in stores {
+                        match self.deliver(s, tag, es.clone(), in_error).await {
+                            Ok(r) => receipt.merge(r),
+                            Err(e) => {
+                                first_err.get_or_insert(e);
+                            }
                         }
                     }
+                    first_err.map_or(Ok(receipt), Err)
                 }
-                first_err.map_or(Ok(receipt), Err)
             }
-        }
+        })
     }
 
     fn route(&self, label: LabelId, tag: &str) -> Arc<Route> {

@@ -1,0 +1,1029 @@
+//! The buffer: stage (metadata → writable chunk) and queue (chunks ready to write), with
+//! Fluentd's write algorithm, limits and enqueue rules.
+//!
+//! - **Write** ([`Buffer::write`]): per metadata group, the whole group is first appended to the
+//!   staged chunk; if that makes the chunk *over* its limits, standard-format outputs (chunks of
+//!   MessagePack entries) enqueue a non-empty staged chunk and retry in a fresh one, and then
+//!   both formats fall back to Fluentd's step-by-step split: the group is cut into 10 slices
+//!   (×10 each time a slice overflows a chunk, down to single records), slices fill the staged
+//!   chunk and then new unstaged chunks. A single record larger than `chunk_limit_size` is
+//!   skipped and reported (`a <N> bytes record (nth: <i>) is larger than buffer chunk limit
+//!   size (<limit>)`); the rest of the group is kept. All groups of one write are committed
+//!   together.
+//! - **Limits**: `total_limit_size` is hard: a write that would take stage + queue (in-flight
+//!   included) past it is refused whole, before anything is appended.
+//! - **Enqueue**: a chunk that becomes *full* (`chunk_full_threshold` of a limit) is queued at
+//!   once; `flush_mode immediate` queues every touched chunk; [`Buffer::enqueue_due`] applies
+//!   the timer rules (timekey + timekey_wait, flush_interval since creation) up to
+//!   `queued_chunks_limit_size`; [`Buffer::enqueue_all`] queues everything (force flush,
+//!   shutdown).
+//! - **Flush**: [`Buffer::dequeue`] takes the queue head in flight; [`Buffer::purge`] removes it
+//!   after a successful write; [`Buffer::takeback`] puts it back at the head after a failure.
+//!
+//! Invariants (tested): no record is lost or duplicated by writes and splits; every chunk stays
+//! within its limits except a chunk holding a single record equal to the limit; the order of
+//! records within one metadata is preserved across chunks and the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::chunk::{Chunk, ChunkState};
+use super::chunk_id::ChunkId;
+use super::config::{BufferConfig, Compress, FlushMode};
+use super::metadata::Metadata;
+use crate::time::Clock;
+
+/// The records of one metadata that one write appends: their bytes back to back, and where
+/// each record ends.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// Chunk keys of these records.
+    pub metadata: Metadata,
+    /// Records' bytes, concatenated (formatted lines or MessagePack entries).
+    pub bytes: Bytes,
+    /// End offset of each record in `bytes`, ascending.
+    pub ends: Vec<usize>,
+}
+
+impl Group {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn range(&self, from: usize, to: usize) -> &[u8] {
+        let start = if from == 0 { 0 } else { self.ends[from - 1] };
+        let end = if to == 0 { 0 } else { self.ends[to - 1] };
+        &self.bytes[start..end]
+    }
+}
+
+/// A record that was not stored because it is larger than a chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    /// Index of the group in the write.
+    pub group: usize,
+    /// Index of the record in its group.
+    pub nth: usize,
+    /// Fluentd's message for it.
+    pub message: String,
+}
+
+/// What a successful write did.
+#[derive(Debug, Default)]
+pub struct WriteReport {
+    /// Records skipped because each alone exceeds `chunk_limit_size`.
+    pub oversized: Vec<Oversized>,
+    /// Whether any chunk was queued (a flush worker should wake).
+    pub enqueued: bool,
+}
+
+/// Why a write was refused whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// Storing the write would exceed `total_limit_size`.
+    #[error("buffer space has too many data")]
+    Overflow,
+}
+
+/// Buffer sizes and counts, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Staged chunks.
+    pub stage_length: usize,
+    /// Bytes in staged chunks.
+    pub stage_bytes: u64,
+    /// Queued chunks (not in flight).
+    pub queue_length: usize,
+    /// Bytes queued or in flight.
+    pub queue_bytes: u64,
+    /// Chunks in flight.
+    pub in_flight: usize,
+}
+
+/// A queued chunk handed to a flush worker.
+#[derive(Debug, Clone)]
+pub struct FlushChunk {
+    /// Its id.
+    pub id: ChunkId,
+    /// Its metadata.
+    pub metadata: Metadata,
+    /// Its bytes as stored (compressed when the buffer compresses).
+    pub bytes: Bytes,
+    /// Its record count.
+    pub records: u64,
+    /// Creation time.
+    pub created: i64,
+}
+
+/// The limits and modes the write and enqueue rules need.
+#[derive(Debug, Clone)]
+pub struct BufferLimits {
+    /// Max bytes per chunk.
+    pub chunk_limit_size: u64,
+    /// Max records per chunk.
+    pub chunk_limit_records: Option<u64>,
+    /// Full-threshold fraction.
+    pub chunk_full_threshold: f64,
+    /// Hard limit on stage + queue bytes.
+    pub total_limit_size: u64,
+    /// Compression of chunk data.
+    pub compress: Compress,
+    /// Timer-driven enqueue stops at this queue length.
+    pub queued_chunks_limit_size: usize,
+    /// Resolved flush mode.
+    pub flush_mode: FlushMode,
+    /// Seconds after creation an interval-mode chunk is enqueued.
+    pub flush_interval: f64,
+    /// Time-slice length (time chunk key).
+    pub timekey: Option<i64>,
+    /// Seconds after a slice ends before it is flushed.
+    pub timekey_wait: f64,
+}
+
+impl BufferLimits {
+    /// The limits of a `<buffer>` section.
+    pub fn from_config(c: &BufferConfig) -> BufferLimits {
+        BufferLimits {
+            chunk_limit_size: c.chunk_limit_size,
+            chunk_limit_records: c.chunk_limit_records,
+            chunk_full_threshold: c.chunk_full_threshold,
+            total_limit_size: c.total_limit_size,
+            compress: c.compress,
+            queued_chunks_limit_size: c.queued_chunks_limit_size as usize,
+            flush_mode: c.flush_mode,
+            flush_interval: c.flush_interval,
+            timekey: if c.chunk_keys.time { c.timekey } else { None },
+            timekey_wait: c.timekey_wait,
+        }
+    }
+
+    fn over(&self, c: &Chunk) -> bool {
+        c.bytesize() > self.chunk_limit_size
+            || self.chunk_limit_records.is_some_and(|r| c.records() > r)
+    }
+
+    fn full(&self, c: &Chunk) -> bool {
+        c.bytesize() as f64 >= self.chunk_limit_size as f64 * self.chunk_full_threshold
+            || self
+                .chunk_limit_records
+                .is_some_and(|r| c.records() as f64 >= r as f64 * self.chunk_full_threshold)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    stage: HashMap<Metadata, Chunk>,
+    /// Staged metadata in creation order (timer enqueue walks chunks oldest first).
+    stage_order: Vec<Metadata>,
+    queue: VecDeque<Chunk>,
+    in_flight: HashMap<ChunkId, Chunk>,
+    stage_bytes: u64,
+    queue_bytes: u64,
+}
+
+impl State {
+    fn enqueue_staged(&mut self, meta: &Metadata) -> bool {
+        let Some(mut c) = self.stage.remove(meta) else {
+            return false;
+        };
+        self.stage_order.retain(|m| m != meta);
+        self.stage_bytes -= c.committed_bytes();
+        if c.is_empty() {
+            return false;
+        }
+        c.state = ChunkState::Queued;
+        self.queue_bytes += c.committed_bytes();
+        self.queue.push_back(c);
+        true
+    }
+
+    fn enqueue_unstaged(&mut self, mut c: Chunk) -> bool {
+        if c.is_empty() {
+            return false;
+        }
+        c.state = ChunkState::Queued;
+        self.queue_bytes += c.committed_bytes();
+        self.queue.push_back(c);
+        true
+    }
+
+    fn stage_new(&mut self, meta: &Metadata, now: i64) {
+        self.stage.insert(
+            meta.clone(),
+            Chunk::new(ChunkId::now(), meta.clone(), ChunkState::Staged, now),
+        );
+        self.stage_order.push(meta.clone());
+    }
+}
+
+/// Which chunk a step of a write touched.
+#[derive(Debug)]
+enum Touched {
+    /// The staged chunk of this metadata (appended, not yet committed).
+    Staged(Metadata),
+    /// A chunk made during the write and not staged.
+    Unstaged(Chunk),
+}
+
+/// The memory buffer of one output: stage, queue and in-flight chunks behind one lock.
+#[derive(Debug)]
+pub struct Buffer {
+    limits: BufferLimits,
+    /// Standard format: chunks hold MessagePack entries (Fluentd's whole-stream-first rule).
+    standard_format: bool,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    /// Signalled whenever space is freed (purge, drop), for `overflow_action block`.
+    pub space_freed: tokio::sync::Notify,
+}
+
+impl Buffer {
+    /// An empty buffer. `standard_format` is true for outputs whose chunks hold MessagePack
+    /// entries rather than formatted records.
+    pub fn new(limits: BufferLimits, standard_format: bool, clock: Arc<dyn Clock>) -> Buffer {
+        Buffer {
+            limits,
+            standard_format,
+            clock,
+            state: Mutex::new(State::default()),
+            space_freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The limits this buffer applies.
+    pub fn limits(&self) -> &BufferLimits {
+        &self.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now().sec
+    }
+
+    /// Appends groups of records (one group per metadata). Refused whole when it would exceed
+    /// `total_limit_size`; otherwise every record is stored except those larger than a chunk,
+    /// which the report lists.
+    pub fn write(&self, groups: &[Group]) -> Result<WriteReport, WriteError> {
+        let incoming: u64 = groups.iter().map(|g| g.bytes.len() as u64).sum();
+        let now = self.now();
+        let mut st = self.lock();
+        if st.stage_bytes + st.queue_bytes + incoming > self.limits.total_limit_size {
+            return Err(WriteError::Overflow);
+        }
+        let mut report = WriteReport::default();
+        let mut touched: Vec<Touched> = Vec::new();
+        for (gi, g) in groups.iter().enumerate() {
+            if g.is_empty() {
+                continue;
+            }
+            let (mut t, errs) = self.write_group(&mut st, g, now, &mut report.enqueued);
+            touched.append(&mut t);
+            report
+                .oversized
+                .extend(errs.into_iter().map(|(nth, message)| Oversized {
+                    group: gi,
+                    nth,
+                    message,
+                }));
+        }
+        report.enqueued |= self.commit(&mut st, touched, now);
+        Ok(report)
+    }
+
+    /// Phase 2 of a write: commit every touched chunk, then enqueue per Fluentd's rules, in the
+    /// order the chunks were touched: an unstaged chunk is queued; a staged chunk is queued when
+    /// full (or in immediate mode), and then the last unstaged chunk of its metadata, if not
+    /// full and not yet queued, becomes the staged chunk.
+    fn commit(&self, st: &mut State, touched: Vec<Touched>, now: i64) -> bool {
+        let immediate = self.limits.flush_mode == FlushMode::Immediate;
+        let mut enqueued = false;
+        let mut items: Vec<Option<Touched>> = Vec::with_capacity(touched.len());
+        let mut unstaged_of: Vec<(Metadata, Vec<usize>)> = Vec::new();
+        for t in touched {
+            match t {
+                Touched::Staged(m) => {
+                    if let Some(c) = st.stage.get_mut(&m) {
+                        let before = c.committed_bytes();
+                        c.commit(now);
+                        st.stage_bytes += c.committed_bytes() - before;
+                    }
+                    items.push(Some(Touched::Staged(m)));
+                }
+                Touched::Unstaged(mut c) => {
+                    c.commit(now);
+                    match unstaged_of.iter_mut().find(|(m, _)| *m == c.metadata) {
+                        Some((_, v)) => v.push(items.len()),
+                        None => unstaged_of.push((c.metadata.clone(), vec![items.len()])),
+                    }
+                    items.push(Some(Touched::Unstaged(c)));
+                }
+            }
+        }
+        for i in 0..items.len() {
+            match items[i].take() {
+                None => {}
+                Some(Touched::Unstaged(c)) => enqueued |= st.enqueue_unstaged(c),
+                Some(Touched::Staged(m)) => {
+                    let due = st
+                        .stage
+                        .get(&m)
+                        .is_some_and(|c| immediate || self.limits.full(c));
+                    if !due {
+                        continue;
+                    }
+                    enqueued |= st.enqueue_staged(&m);
+                    let last = unstaged_of
+                        .iter_mut()
+                        .find(|(um, _)| *um == m)
+                        .and_then(|(_, v)| v.pop());
+                    if let Some(j) = last {
+                        let promote = matches!(&items[j], Some(Touched::Unstaged(c)) if !self.limits.full(c))
+                            && !immediate
+                            && !st.stage.contains_key(&m);
+                        if promote {
+                            if let Some(Touched::Unstaged(mut c)) = items[j].take() {
+                                c.state = ChunkState::Staged;
+                                st.stage_bytes += c.committed_bytes();
+                                st.stage_order.push(m.clone());
+                                st.stage.insert(m.clone(), c);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        enqueued
+    }
+
+    /// Phase 1 for one group: appends without committing; returns what was touched and the
+    /// oversized records (nth, message).
+    fn write_group(
+        &self,
+        st: &mut State,
+        g: &Group,
+        now: i64,
+        enqueued: &mut bool,
+    ) -> (Vec<Touched>, Vec<(usize, String)>) {
+        let m = &g.metadata;
+        // Whole group into the staged chunk first.
+        loop {
+            if !st.stage.contains_key(m) {
+                st.stage_new(m, now);
+            }
+            let c = st.stage.get_mut(m).expect("staged above");
+            let was_empty = c.bytesize() == 0;
+            c.append(&g.bytes, g.len() as u64, self.limits.compress);
+            if !self.limits.over(c) {
+                return (vec![Touched::Staged(m.clone())], Vec::new());
+            }
+            let adding = c.bytesize() - c.committed_bytes();
+            if self.standard_format && was_empty {
+                if c.bytesize() > self.limits.chunk_limit_size {
+                    tracing::warn!(
+                        "chunk bytes limit exceeds for an emitted event stream: {adding}bytes"
+                    );
+                } else {
+                    tracing::warn!(
+                        "chunk size limit exceeds for an emitted event stream: {}records",
+                        c.records()
+                    );
+                }
+            }
+            c.rollback();
+            if self.standard_format && !was_empty {
+                // Keep a stream in one chunk when it fits into an empty one.
+                *enqueued |= st.enqueue_staged(m);
+                continue;
+            }
+            break;
+        }
+        self.write_step_by_step(st, g, now, enqueued)
+    }
+
+    /// Fluentd's split: slices of the group fill the staged chunk, then new chunks.
+    fn write_step_by_step(
+        &self,
+        st: &mut State,
+        g: &Group,
+        now: i64,
+        enqueued: &mut bool,
+    ) -> (Vec<Touched>, Vec<(usize, String)>) {
+        let n = g.len();
+        let limit = self.limits.chunk_limit_size;
+        let m = g.metadata.clone();
+        let mut splits_count = 10usize;
+        'retry: loop {
+            let sc = splits_count.min(n).max(1);
+            let slice = if n % sc == 0 { n / sc } else { n / (sc - 1) };
+            let splits: Vec<(usize, usize)> = (0..n)
+                .step_by(slice.max(1))
+                .map(|s| (s, (s + slice).min(n)))
+                .collect();
+            let mut touched: Vec<Touched> = Vec::new();
+            let mut errors: Vec<(usize, String)> = Vec::new();
+            // Index in `touched` of the chunk being filled; None = take the next one.
+            let mut staged_used = false;
+            let mut i = 0;
+            while i < splits.len() {
+                // Get the next chunk: the staged one first, then new unstaged ones.
+                if !staged_used && !st.stage.contains_key(&m) {
+                    st.stage_new(&m, now);
+                }
+                if staged_used
+                    || touched
+                        .iter()
+                        .any(|t| matches!(t, Touched::Staged(x) if *x == m))
+                {
+                    touched.push(Touched::Unstaged(Chunk::new(
+                        ChunkId::now(),
+                        m.clone(),
+                        ChunkState::Unstaged,
+                        now,
+                    )));
+                } else {
+                    touched.push(Touched::Staged(m.clone()));
+                }
+                staged_used = true;
+                let cur = touched.len() - 1;
+                let mut committed = chunk_of(st, &mut touched[cur]).bytesize();
+                while i < splits.len() {
+                    let (from, to) = splits[i];
+                    let single = to - from == 1;
+                    let bytes = g.range(from, to);
+                    let c = chunk_of(st, &mut touched[cur]);
+                    if single {
+                        let determined =
+                            (self.limits.compress == Compress::Text).then_some(bytes.len() as u64);
+                        if let Some(d) = determined {
+                            if d > limit {
+                                errors.push((from, format!("a {d} bytes record (nth: {i}) is larger than buffer chunk limit size ({limit})")));
+                                i += 1;
+                                continue;
+                            }
+                        }
+                        if determined.is_none_or(|d| c.bytesize() + d > limit) {
+                            // Keep what is there before trying a record that may not fit.
+                            let before = c.committed_bytes();
+                            c.commit(now);
+                            committed = c.bytesize();
+                            let delta = c.committed_bytes() - before;
+                            if matches!(touched[cur], Touched::Staged(_)) {
+                                st.stage_bytes += delta;
+                            }
+                        }
+                    }
+                    let c = chunk_of(st, &mut touched[cur]);
+                    c.append(bytes, (to - from) as u64, self.limits.compress);
+                    let adding = c.bytesize() - committed;
+                    if self.limits.over(c) {
+                        c.rollback();
+                        committed = c.bytesize();
+                        if single {
+                            if adding > limit {
+                                errors.push((from, format!("concatenated/appended a {adding} bytes record (nth: {i}) is larger than buffer chunk limit size ({limit})")));
+                                i += 1;
+                                continue;
+                            }
+                            // Keep what this chunk holds and go on in a fresh one.
+                            if let Touched::Staged(sm) = &touched[cur] {
+                                let sm = sm.clone();
+                                if let Some(mut sc) = st.stage.remove(&sm) {
+                                    st.stage_order.retain(|x| *x != sm);
+                                    st.stage_bytes -= sc.committed_bytes();
+                                    sc.state = ChunkState::Unstaged;
+                                    touched[cur] = Touched::Unstaged(sc);
+                                }
+                                staged_used = false;
+                            }
+                            break;
+                        }
+                        let enqueue_before_retry = self.limits.full(c);
+                        if !enqueue_before_retry {
+                            splits_count *= 10;
+                        }
+                        // Undo this attempt and start over.
+                        for t in touched {
+                            if let Touched::Staged(sm) = t {
+                                if let Some(c) = st.stage.get_mut(&sm) {
+                                    c.rollback();
+                                }
+                            }
+                        }
+                        if enqueue_before_retry {
+                            *enqueued |= st.enqueue_staged(&m);
+                        }
+                        continue 'retry;
+                    }
+                    i += 1;
+                    if self.limits.full(c) {
+                        break;
+                    }
+                }
+            }
+            return (touched, errors);
+        }
+    }
+
+    /// Timer-driven enqueue (the enqueue thread): staged chunks whose time slice is over
+    /// (`timekey + timekey + timekey_wait <= now`) or, in interval mode, whose age reached
+    /// `flush_interval`. Stops once the queue holds `queued_chunks_limit_size` chunks.
+    /// Returns how many were queued.
+    pub fn enqueue_due(&self) -> usize {
+        let now = self.clock.now();
+        let now_sec = now.sec;
+        let mut st = self.lock();
+        let mut due = Vec::new();
+        for m in &st.stage_order {
+            let Some(c) = st.stage.get(m) else { continue };
+            let by_time = match (self.limits.timekey, m.timekey) {
+                (Some(k), Some(t)) => (t + k) as f64 + self.limits.timekey_wait <= now_sec as f64,
+                _ => false,
+            };
+            let by_interval = self.limits.flush_mode == FlushMode::Interval
+                && (c.created as f64) + self.limits.flush_interval <= now.as_f64();
+            if by_time || by_interval {
+                due.push(m.clone());
+            }
+        }
+        let mut n = 0;
+        for m in due {
+            if st.queue.len() >= self.limits.queued_chunks_limit_size.max(1) {
+                break;
+            }
+            if st.enqueue_staged(&m) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Queues every staged chunk (force flush, shutdown), ignoring `queued_chunks_limit_size`.
+    pub fn enqueue_all(&self) -> usize {
+        let mut st = self.lock();
+        let metas: Vec<Metadata> = st.stage_order.clone();
+        metas.iter().filter(|m| st.enqueue_staged(m)).count()
+    }
+
+    /// Takes the queue head in flight, for a flush worker.
+    pub fn dequeue(&self) -> Option<FlushChunk> {
+        let mut st = self.lock();
+        let mut c = st.queue.pop_front()?;
+        c.state = ChunkState::InFlight;
+        let bytes = c.freeze();
+        let fc = FlushChunk {
+            id: c.id,
+            metadata: c.metadata.clone(),
+            bytes,
+            records: c.records(),
+            created: c.created,
+        };
+        st.in_flight.insert(c.id, c);
+        Some(fc)
+    }
+
+    /// Removes a written chunk. Returns false when it was not in flight.
+    pub fn purge(&self, id: ChunkId) -> bool {
+        let mut st = self.lock();
+        let Some(c) = st.in_flight.remove(&id) else {
+            return false;
+        };
+        st.queue_bytes -= c.committed_bytes();
+        drop(st);
+        self.space_freed.notify_waiters();
+        true
+    }
+
+    /// Puts a chunk whose write failed back at the head of the queue.
+    pub fn takeback(&self, id: ChunkId) -> bool {
+        let mut st = self.lock();
+        let Some(mut c) = st.in_flight.remove(&id) else {
+            return false;
+        };
+        c.state = ChunkState::Queued;
+        st.queue.push_front(c);
+        true
+    }
+
+    /// `overflow_action drop_oldest_chunk`: takes the queue head out (the caller keeps it in
+    /// the backup directory). `None` when nothing is queued.
+    pub fn take_oldest(&self) -> Option<FlushChunk> {
+        let mut st = self.lock();
+        let mut c = st.queue.pop_front()?;
+        st.queue_bytes -= c.committed_bytes();
+        drop(st);
+        self.space_freed.notify_waiters();
+        let bytes = c.freeze();
+        Some(FlushChunk {
+            id: c.id,
+            metadata: c.metadata.clone(),
+            bytes,
+            records: c.records(),
+            created: c.created,
+        })
+    }
+
+    /// Takes every queued chunk out (give-up after the last retry hands them to the backup).
+    pub fn take_queue(&self) -> Vec<FlushChunk> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        while let Some(mut c) = st.queue.pop_front() {
+            st.queue_bytes -= c.committed_bytes();
+            let bytes = c.freeze();
+            out.push(FlushChunk {
+                id: c.id,
+                metadata: c.metadata.clone(),
+                bytes,
+                records: c.records(),
+                created: c.created,
+            });
+        }
+        drop(st);
+        self.space_freed.notify_waiters();
+        out
+    }
+
+    /// Whether anything is queued.
+    pub fn has_queued(&self) -> bool {
+        !self.lock().queue.is_empty()
+    }
+
+    /// Current sizes.
+    pub fn stats(&self) -> BufferStats {
+        let st = self.lock();
+        BufferStats {
+            stage_length: st.stage.len(),
+            stage_bytes: st.stage_bytes,
+            queue_length: st.queue.len(),
+            queue_bytes: st.queue_bytes,
+            in_flight: st.in_flight.len(),
+        }
+    }
+
+    /// Record counts of queued chunks in order, then of staged chunks (for tests and
+    /// `sluice buffer ls`).
+    pub fn layout(&self) -> (Vec<u64>, Vec<u64>) {
+        let st = self.lock();
+        let q = st.queue.iter().map(|c| c.records()).collect();
+        let s = st
+            .stage_order
+            .iter()
+            .filter_map(|m| st.stage.get(m))
+            .map(|c| c.records())
+            .collect();
+        (q, s)
+    }
+
+    /// Copies of the committed bytes of queued chunks, then staged chunks (tests).
+    pub fn contents(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let st = self.lock();
+        let q = st.queue.iter().map(|c| c.stored_bytes().to_vec()).collect();
+        let s = st
+            .stage_order
+            .iter()
+            .filter_map(|m| st.stage.get(m))
+            .map(|c| c.stored_bytes().to_vec())
+            .collect();
+        (q, s)
+    }
+}
+
+fn chunk_of<'a>(st: &'a mut State, t: &'a mut Touched) -> &'a mut Chunk {
+    match t {
+        Touched::Staged(m) => st
+            .stage
+            .get_mut(m)
+            .expect("staged chunk exists while touched"),
+        Touched::Unstaged(c) => c,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::FakeClock;
+    use proptest::prelude::*;
+
+    fn limits(size: u64, records: Option<u64>) -> BufferLimits {
+        BufferLimits {
+            chunk_limit_size: size,
+            chunk_limit_records: records,
+            chunk_full_threshold: 0.95,
+            total_limit_size: 512 << 20,
+            compress: Compress::Text,
+            queued_chunks_limit_size: 1,
+            flush_mode: FlushMode::Lazy,
+            flush_interval: 60.0,
+            timekey: None,
+            timekey_wait: 600.0,
+        }
+    }
+
+    fn buffer(l: BufferLimits, standard: bool) -> Buffer {
+        Buffer::new(l, standard, FakeClock::at(1_475_539_089))
+    }
+
+    fn group(records: &[Vec<u8>]) -> Group {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for r in records {
+            bytes.extend_from_slice(r);
+            ends.push(bytes.len());
+        }
+        Group {
+            metadata: Metadata::default(),
+            bytes: Bytes::from(bytes),
+            ends,
+        }
+    }
+
+    /// line(n) of the reference: 36 bytes.
+    fn line(n: u32) -> Vec<u8> {
+        format!("2016-10-03T23:58:09+00:00\tt\t{{\"n\":{n}}}\n").into_bytes()
+    }
+
+    fn lines(ns: &[u32]) -> Vec<u8> {
+        ns.iter().flat_map(|n| line(*n)).collect()
+    }
+
+    #[test]
+    fn scenario_057_records_limit_one_emit() {
+        let b = buffer(limits(8 << 20, Some(2)), false);
+        b.write(&[group(&(1..=5).map(line).collect::<Vec<_>>())])
+            .unwrap();
+        b.enqueue_all();
+        let (q, s) = b.contents();
+        assert!(s.is_empty());
+        assert_eq!(q, vec![lines(&[1, 2]), lines(&[3, 4]), lines(&[5])]);
+    }
+
+    #[test]
+    fn scenario_058_records_limit_separate_emits() {
+        let b = buffer(limits(8 << 20, Some(2)), false);
+        for n in 1..=5 {
+            b.write(&[group(&[line(n)])]).unwrap();
+        }
+        b.enqueue_all();
+        assert_eq!(
+            b.contents().0,
+            vec![lines(&[1, 2]), lines(&[3, 4]), lines(&[5])]
+        );
+    }
+
+    #[test]
+    fn scenario_060_oversized_records_reported_rest_kept() {
+        let b = buffer(limits(100, None), false);
+        let big = |k: &str, c: char, n: usize| {
+            format!(
+                "2016-10-03T23:58:09+00:00\tt\t{{\"{k}\":\"{}\"}}\n",
+                c.to_string().repeat(n)
+            )
+            .into_bytes()
+        };
+        let recs = vec![
+            line(1),
+            big("big", 'x', 200),
+            line(3),
+            big("big2", 'y', 300),
+        ];
+        assert_eq!((recs[1].len(), recs[3].len()), (239, 340));
+        let r = b.write(&[group(&recs)]).unwrap();
+        let msgs: Vec<_> = r.oversized.iter().map(|o| o.message.as_str()).collect();
+        assert_eq!(
+            msgs.join(", "),
+            "a 239 bytes record (nth: 1) is larger than buffer chunk limit size (100), a 340 bytes record (nth: 3) is larger than buffer chunk limit size (100)"
+        );
+        assert_eq!(
+            r.oversized.iter().map(|o| o.nth).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        b.enqueue_all();
+        assert_eq!(b.contents().0, vec![lines(&[1, 3])]);
+    }
+
+    #[test]
+    fn scenario_061_not_full_below_threshold() {
+        let b = buffer(limits(200, None), false);
+        for n in 1..=5 {
+            b.write(&[group(&[line(n)])]).unwrap();
+        }
+        assert_eq!(b.layout(), (vec![], vec![5]));
+    }
+
+    #[test]
+    fn scenario_064_immediate_mode_enqueues_every_write() {
+        let mut l = limits(8 << 20, None);
+        l.flush_mode = FlushMode::Immediate;
+        let b = buffer(l, false);
+        for n in 1..=3 {
+            assert!(b.write(&[group(&[line(n)])]).unwrap().enqueued);
+        }
+        assert_eq!(b.layout(), (vec![1, 1, 1], vec![]));
+    }
+
+    fn rec128(tag: u8) -> Vec<u8> {
+        vec![tag; 128]
+    }
+
+    #[test]
+    fn scenario_065_whole_stream_moves_or_fills() {
+        for (standard, expect) in [
+            (true, (vec![5000], vec![8000])),
+            (false, (vec![9800], vec![3200])),
+        ] {
+            let b = buffer(limits(1_280_000, None), standard);
+            b.write(&[group(&vec![rec128(1); 5000])]).unwrap();
+            b.write(&[group(&vec![rec128(2); 8000])]).unwrap();
+            assert_eq!(b.layout(), expect, "standard={standard}");
+        }
+    }
+
+    #[test]
+    fn scenario_066_standard_split_of_large_stream() {
+        let b = buffer(limits(1_280_000, None), true);
+        b.write(&[group(&vec![rec128(1); 5000])]).unwrap();
+        b.write(&[group(&vec![rec128(2); 45000])]).unwrap();
+        assert_eq!(b.layout(), (vec![5000, 9900, 9900, 9900, 9900], vec![5400]));
+    }
+
+    #[test]
+    fn scenario_067_three_large_records() {
+        let b = buffer(limits(1_280_000, None), true);
+        b.write(&[group(&vec![rec128(b'x'); 5000])]).unwrap();
+        let r = b
+            .write(&[group(&[
+                vec![b'a'; 1_000_000],
+                vec![b'b'; 1_000_000],
+                vec![b'c'; 1_000_000],
+            ])])
+            .unwrap();
+        assert!(r.oversized.is_empty());
+        let (q, s) = b.contents();
+        assert_eq!(q.len(), 3);
+        assert_eq!(q[1], vec![b'a'; 1_000_000]);
+        assert_eq!(q[2], vec![b'b'; 1_000_000]);
+        assert_eq!(s, vec![vec![b'c'; 1_000_000]]);
+    }
+
+    #[test]
+    fn scenario_068_compressed_oversized_record() {
+        let one = {
+            let mut c = Chunk::new(ChunkId::now(), Metadata::default(), ChunkState::Staged, 0);
+            c.append(b"aaa", 1, Compress::Gzip);
+            c.bytesize()
+        };
+        let mut l = limits(one, None);
+        l.compress = Compress::Gzip;
+        let b = buffer(l, true);
+        let long: Vec<u8> = (0..2000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let r = b
+            .write(&[group(&[long, b"aaa".to_vec(), b"bbb".to_vec()])])
+            .unwrap();
+        assert_eq!(r.oversized.len(), 1);
+        assert!(
+            r.oversized[0]
+                .message
+                .starts_with("concatenated/appended a "),
+            "{}",
+            r.oversized[0].message
+        );
+        assert!(r.oversized[0].message.ends_with(&format!(
+            "bytes record (nth: 0) is larger than buffer chunk limit size ({one})"
+        )));
+        let (q, s) = b.contents();
+        assert!(s.is_empty());
+        let q: Vec<Vec<u8>> = q
+            .iter()
+            .map(|c| super::super::chunk::decompress(c, Compress::Gzip, 1 << 20).unwrap())
+            .collect();
+        assert_eq!(q, vec![b"aaa".to_vec(), b"bbb".to_vec()]);
+    }
+
+    #[test]
+    fn total_limit_is_hard() {
+        let mut l = limits(100, None);
+        l.total_limit_size = 200;
+        let b = buffer(l, false);
+        for n in 1..=5 {
+            b.write(&[group(&[line(n)])]).unwrap();
+        }
+        assert_eq!(
+            b.write(&[group(&[line(6)])]).unwrap_err(),
+            WriteError::Overflow
+        );
+        assert_eq!(b.stats().stage_bytes + b.stats().queue_bytes, 180);
+    }
+
+    #[test]
+    fn flush_cycle_and_takeback() {
+        let b = buffer(limits(100, None), false);
+        for n in 1..=3 {
+            b.write(&[group(&[line(n)])]).unwrap();
+        }
+        b.enqueue_all();
+        let first = b.dequeue().unwrap();
+        assert_eq!(first.bytes.as_ref(), lines(&[1, 2]).as_slice());
+        assert!(b.takeback(first.id));
+        let again = b.dequeue().unwrap();
+        assert_eq!(again.id, first.id);
+        assert!(b.purge(again.id));
+        assert_eq!(b.stats().queue_bytes, 36);
+        assert!(b.take_oldest().is_some());
+        assert_eq!(b.stats(), BufferStats::default());
+    }
+
+    #[test]
+    fn timer_enqueue_rules() {
+        let clock = FakeClock::at(1000);
+        let mut l = limits(1 << 20, None);
+        l.timekey = Some(60);
+        l.timekey_wait = 10.0;
+        l.queued_chunks_limit_size = 10;
+        let b = Buffer::new(l, false, clock.clone());
+        let mut g = group(&[line(1)]);
+        g.metadata.timekey = Some(960);
+        b.write(&[g]).unwrap();
+        clock.set(crate::event::EventTime::new(1029, 0));
+        assert_eq!(b.enqueue_due(), 0);
+        clock.set(crate::event::EventTime::new(1030, 0));
+        assert_eq!(b.enqueue_due(), 1);
+
+        let clock = FakeClock::at(1000);
+        let mut l = limits(1 << 20, None);
+        l.flush_mode = FlushMode::Interval;
+        l.flush_interval = 10.0;
+        let b = Buffer::new(l, false, clock.clone());
+        b.write(&[group(&[line(1)])]).unwrap();
+        clock.advance(9.5);
+        assert_eq!(b.enqueue_due(), 0);
+        clock.advance(0.5);
+        assert_eq!(b.enqueue_due(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// No record lost or duplicated, every chunk within its limits, order kept per metadata.
+        #[test]
+        fn writes_keep_every_record_in_order(
+            limit in 40u64..400,
+            rec_limit in proptest::option::of(1u64..8),
+            standard in any::<bool>(),
+            emits in proptest::collection::vec(proptest::collection::vec((0u8..3, 1usize..120), 1..30), 1..12),
+        ) {
+            let b = buffer(limits(limit, rec_limit), standard);
+            let mut expected: HashMap<u8, Vec<Vec<u8>>> = HashMap::new();
+            let mut counter = 0u32;
+            for emit in emits {
+                let mut groups: Vec<(u8, Vec<Vec<u8>>)> = Vec::new();
+                for (key, size) in emit {
+                    counter += 1;
+                    let mut r = format!("{counter:08}|").into_bytes();
+                    r.resize(size.max(10), b'.');
+                    r.push(b'\n');
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, v)) => v.push(r),
+                        None => groups.push((key, vec![r])),
+                    }
+                }
+                let gs: Vec<Group> = groups.iter().map(|(k, rs)| {
+                    let mut g = group(rs);
+                    g.metadata.tag = Some(Arc::from(k.to_string().as_str()));
+                    g
+                }).collect();
+                let report = b.write(&gs).unwrap();
+                for (gi, (k, rs)) in groups.iter().enumerate() {
+                    for (i, r) in rs.iter().enumerate() {
+                        let skipped = report.oversized.iter().any(|o| o.group == gi && o.nth == i);
+                        prop_assert_eq!(skipped, r.len() as u64 > limit);
+                        if !skipped {
+                            expected.entry(*k).or_default().push(r.clone());
+                        }
+                    }
+                }
+            }
+            b.enqueue_all();
+            let mut got: HashMap<u8, Vec<Vec<u8>>> = HashMap::new();
+            while let Some(c) = b.dequeue() {
+                prop_assert!(c.bytes.len() as u64 <= limit);
+                if let Some(rl) = rec_limit { prop_assert!(c.records <= rl); }
+                let k: u8 = c.metadata.tag.as_deref().unwrap().parse().unwrap();
+                let recs: Vec<Vec<u8>> = c.bytes.split_inclusive(|b| *b == b'\n').map(|s| s.to_vec()).collect();
+                prop_assert_eq!(recs.len() as u64, c.records);
+                got.entry(k).or_default().extend(recs);
+                b.purge(c.id);
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(b.stats(), BufferStats::default());
+        }
+    }
+}
