@@ -141,6 +141,7 @@ pub fn build(root: &Element, opts: BuildOptions) -> Result<Pipeline, ConfigError
             Err(e) => errors.push(e),
         }
     }
+    check_log_levels(root, &mut errors);
     let mut warnings = Vec::new();
     for u in root.unused() {
         let e = u.to_error();
@@ -161,6 +162,28 @@ pub fn build(root: &Element, opts: BuildOptions) -> Result<Pipeline, ConfigError
         inputs,
         warnings,
     })
+}
+
+/// Checks every `@log_level` value. sluice applies one log level to the whole process (from
+/// `-v`/`-q` or `<system> log_level`); a plugin's `@log_level` is validated and accepted so
+/// Fluentd configs run unchanged.
+fn check_log_levels(e: &Element, errors: &mut Vec<ConfigError>) {
+    const LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "fatal"];
+    if let Some(p) = e.peek("@log_level") {
+        if !LEVELS.contains(&p.value.trim()) {
+            errors.push(ConfigError::at(
+                &p.value_pos,
+                format!(
+                    "@log_level: valid options are {} but got {}",
+                    LEVELS.join(","),
+                    p.value
+                ),
+            ));
+        }
+    }
+    for c in &e.elements {
+        check_log_levels(c, errors);
+    }
 }
 
 /// What stops or nudges a running pipeline.

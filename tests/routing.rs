@@ -486,3 +486,42 @@ fn tag_matched_only_by_filters_is_dropped_with_a_warning() {
         "stderr:\n{stderr}"
     );
 }
+
+#[test]
+fn refused_streams_go_to_the_error_label_once() {
+    // Every emit overflows the first output's buffer (its hard total limit is 1 byte), so the
+    // stream is refused and must arrive through <label @ERROR>, exactly once per event.
+    let d = tempfile::tempdir().unwrap();
+    let config = [
+        source("e.x", "err", ""),
+        "<match e.**>\n  @type stdout\n  <buffer>\n    total_limit_size 1\n  </buffer>\n</match>\n"
+            .to_string(),
+        "<label @ERROR>\n".to_string(),
+        mark("**", "via_error"),
+        json_stdout_match("**"),
+        "</label>\n".to_string(),
+    ]
+    .concat();
+    let mut s = Sluice::start(d.path(), &config);
+    s.wait_for("5 lines through @ERROR", |ls| {
+        count(ls, |l| l.tag.is_none()) >= 5
+    });
+    let (status, lines, stderr) = s.stop();
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        lines.iter().all(|l| l.tag.is_none()),
+        "nothing reached the overflowing output"
+    );
+    for l in &lines {
+        assert_eq!(l.marks(), set(&["via_error"]), "{l:?}");
+    }
+    let all: Vec<&Line> = lines.iter().collect();
+    assert_each_event_once(&all, "e.x");
+    assert!(
+        stderr.contains("send an error event stream to @ERROR"),
+        "{stderr}"
+    );
+}
