@@ -241,10 +241,7 @@ impl BufferConfig {
             "memory" => false,
             "file" => true,
             other => {
-                let pos = section
-                    .peek("@type")
-                    .map(|p| p.value_pos.clone())
-                    .unwrap_or(section.pos.clone());
+                let pos = section.pos_of("@type");
                 return Err(ConfigError::at(
                     &pos,
                     format!(
@@ -293,10 +290,7 @@ impl BufferConfig {
                 } else {
                     format!("{}", k as i64)
                 };
-                let pos = section
-                    .peek("timekey")
-                    .map(|p| p.value_pos.clone())
-                    .unwrap_or(section.pos.clone());
+                let pos = section.pos_of("timekey");
                 return Err(ConfigError::at(
                     &pos,
                     format!("timekey should be greater than 0. current timekey: {shown}"),

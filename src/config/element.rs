@@ -100,6 +100,14 @@ impl Element {
         self.params.iter().rev().find(|p| p.key == key)
     }
 
+    /// Where the value of `key` starts, or where the section starts when `key` is absent (the
+    /// position to report for a problem with that parameter).
+    pub fn pos_of(&self, key: &str) -> crate::config::Pos {
+        self.peek(key)
+            .map(|p| p.value_pos.clone())
+            .unwrap_or_else(|| self.pos.clone())
+    }
+
     /// Whether a parameter named `key` is present.
     pub fn has(&self, key: &str) -> bool {
         self.peek(key).is_some()

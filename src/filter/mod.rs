@@ -35,10 +35,7 @@ pub fn build(section: &Element, type_name: &str) -> Result<Arc<dyn Filter>, Conf
 
 /// The error for a `@type` no filter answers to.
 pub fn unknown(section: &Element, type_name: &str) -> ConfigError {
-    let pos = section
-        .peek("@type")
-        .map(|p| p.value_pos.clone())
-        .unwrap_or_else(|| section.pos.clone());
+    let pos = section.pos_of("@type");
     ConfigError::at(
         &pos,
         format!(

@@ -109,10 +109,7 @@ impl RecordTransformer {
     pub fn configure(section: &Element) -> Result<RecordTransformer, ConfigError> {
         let remove_keys = match section.array("remove_keys")? {
             Some(keys) => {
-                let pos = section
-                    .peek("remove_keys")
-                    .map(|p| p.value_pos.clone())
-                    .unwrap_or_else(|| section.pos.clone());
+                let pos = section.pos_of("remove_keys");
                 keys.iter()
                     .map(|k| RecordAccessor::parse(k).map_err(|m| ConfigError::at(&pos, m)))
                     .collect::<Result<Vec<_>, _>>()?
@@ -126,10 +123,7 @@ impl RecordTransformer {
         let auto_typecast = section.bool("auto_typecast")?.unwrap_or(true);
 
         if enable_ruby {
-            let pos = section
-                .peek("enable_ruby")
-                .map(|p| p.value_pos.clone())
-                .unwrap_or_else(|| section.pos.clone());
+            let pos = section.pos_of("enable_ruby");
             return Err(ConfigError::at(
                 &pos,
                 format!(
@@ -140,10 +134,7 @@ impl RecordTransformer {
             ));
         }
         if keep_keys.is_some() && !renew_record {
-            let pos = section
-                .peek("keep_keys")
-                .map(|p| p.value_pos.clone())
-                .unwrap_or_else(|| section.pos.clone());
+            let pos = section.pos_of("keep_keys");
             return Err(ConfigError::at(
                 &pos,
                 "`renew_record` must be true to use `keep_keys`",

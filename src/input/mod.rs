@@ -48,10 +48,7 @@ pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
         "forward" => Ok(Arc::new(forward::Forward::configure(section)?)),
         "unix" => Ok(Arc::new(unix::Unix::configure(section)?)),
         other => {
-            let pos = section
-                .peek("@type")
-                .map(|p| p.value_pos.clone())
-                .unwrap_or(section.pos.clone());
+            let pos = section.pos_of("@type");
             Err(ConfigError::at(
                 &pos,
                 format!(

@@ -251,10 +251,7 @@ impl BuildContext {
         };
         let mut taken = self.buffer_paths.lock().unwrap_or_else(|p| p.into_inner());
         if taken.contains(&path) {
-            let pos = buffer
-                .peek("path")
-                .map(|p| p.value_pos.clone())
-                .unwrap_or(buffer.pos.clone());
+            let pos = buffer.pos_of("path");
             return Err(ConfigError::at(
                 &pos,
                 format!("Other 'file' plugin already use same buffer path: type = file, buffer path = {path}"),
@@ -303,10 +300,7 @@ fn build_typed(
     ctx: &BuildContext,
 ) -> Result<Target, ConfigError> {
     if !TYPES.contains(&type_name) {
-        let pos = section
-            .peek("@type")
-            .map(|p| p.value_pos.clone())
-            .unwrap_or(section.pos.clone());
+        let pos = section.pos_of("@type");
         return Err(ConfigError::at(
             &pos,
             format!(
