@@ -8,3 +8,4 @@ pub mod chunk_id;
 pub mod config;
 pub mod core;
 pub mod metadata;
+pub mod wal;
