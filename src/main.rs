@@ -74,13 +74,18 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .thread_name("sluice")
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        spawn_signal_handlers(tx)?;
-        pipeline.run(rx).await;
-        anyhow::Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+        spawn_signal_handlers(tx).map_err(|e| e.to_string())?;
+        pipeline.run(rx).await
+    });
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("sluice: cannot start: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// SIGTERM/SIGINT stop gracefully; SIGUSR1 flushes every buffer.

@@ -108,7 +108,9 @@ pub fn build(root: &Element, opts: BuildOptions) -> Result<Pipeline, ConfigError
             "<worker> directive is not supported: sluice runs one worker per process",
         ));
     }
-    let ctx = output::BuildContext::new(system.root_dir.clone());
+    let mut ctx = output::BuildContext::new(system.root_dir.clone());
+    ctx.file_mode = system.file_permission.unwrap_or(0o644);
+    ctx.dir_mode = system.dir_permission.unwrap_or(0o755);
     let router = match Router::build(root, &ctx) {
         Ok(r) => Some(Arc::new(r)),
         Err(ConfigErrors(es)) => {
@@ -198,9 +200,17 @@ pub enum Control {
 impl Pipeline {
     /// Runs until `control` says stop: starts outputs, then inputs; on stop, stops inputs
     /// first (no new events), then shuts outputs down (flushing as configured).
-    pub async fn run(self, mut control: tokio::sync::mpsc::Receiver<Control>) {
+    pub async fn run(
+        self,
+        mut control: tokio::sync::mpsc::Receiver<Control>,
+    ) -> Result<(), String> {
         for o in &self.outputs {
-            o.clone().start();
+            if let Err(e) = o.clone().start() {
+                for started in &self.outputs {
+                    started.shutdown().await;
+                }
+                return Err(e);
+            }
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -237,5 +247,6 @@ impl Pipeline {
             o.shutdown().await;
         }
         tracing::info!("shutdown complete");
+        Ok(())
     }
 }

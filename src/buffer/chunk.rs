@@ -26,7 +26,30 @@ pub enum ChunkState {
     InFlight,
 }
 
+/// Where a file-buffer chunk lives on disk, and what of it is there.
+#[derive(Debug)]
+pub struct FileBacking {
+    /// Current path (`….b<id>…` while staged, `….q<id>…` once queued).
+    pub path: std::path::PathBuf,
+    /// Data bytes (records, not framing) already on disk.
+    pub disk_len: u64,
+    /// Records already on disk.
+    pub disk_records: u64,
+    /// File length on disk (framing included).
+    pub file_len: u64,
+    /// Open handle, opened on first write and dropped when the chunk is queued, so a backlog of
+    /// queued chunks holds no descriptors.
+    pub file: Option<std::sync::Arc<std::fs::File>>,
+    /// Header frame to write when the file is created.
+    pub header: Vec<u8>,
+    /// `file_permission`.
+    pub mode: u32,
+}
+
 /// One chunk.
+///
+/// Data not yet written to disk lives in `data`: for memory chunks that is everything, for file
+/// chunks only what was appended since the last [`Chunk::persist`].
 #[derive(Debug)]
 pub struct Chunk {
     /// Unique, time-ordered id.
@@ -44,6 +67,10 @@ pub struct Chunk {
     committed_len: usize,
     records: u64,
     committed_records: u64,
+    /// Records counted in `data` that are committed but not yet persisted.
+    unpersisted_records: u64,
+    /// The file of a file-buffer chunk.
+    pub backing: Option<FileBacking>,
 }
 
 impl Chunk {
@@ -60,14 +87,27 @@ impl Chunk {
             committed_len: 0,
             records: 0,
             committed_records: 0,
+            unpersisted_records: 0,
+            backing: None,
         }
+    }
+
+    /// State of a chunk loaded from disk: `bytes` data bytes and `records` records, all on disk.
+    pub fn set_resumed(&mut self, bytes: u64, records: u64) {
+        let _ = bytes;
+        self.records = records;
+        self.committed_records = records;
+    }
+
+    fn base(&self) -> u64 {
+        self.backing.as_ref().map_or(0, |b| b.disk_len)
     }
 
     /// Bytes held, including uncommitted appends.
     pub fn bytesize(&self) -> u64 {
         match &self.frozen {
             Some(b) => b.len() as u64,
-            None => self.data.len() as u64,
+            None => self.base() + self.data.len() as u64,
         }
     }
 
@@ -80,7 +120,7 @@ impl Chunk {
     pub fn committed_bytes(&self) -> u64 {
         match &self.frozen {
             Some(b) => b.len() as u64,
-            None => self.committed_len as u64,
+            None => self.base() + self.committed_len as u64,
         }
     }
 
@@ -109,11 +149,12 @@ impl Chunk {
         self.records += n;
     }
 
-    /// Makes every append so far permanent.
+    /// Makes every append so far permanent (in memory; file chunks also need [`Chunk::persist`]).
     pub fn commit(&mut self, now: i64) {
         if self.committed_len != self.data.len() || self.committed_records != self.records {
             self.modified = now;
         }
+        self.unpersisted_records += self.records - self.committed_records;
         self.committed_len = self.data.len();
         self.committed_records = self.records;
     }
@@ -124,24 +165,126 @@ impl Chunk {
         self.records = self.committed_records;
     }
 
+    /// Writes committed data not yet on disk as one records frame (file chunks; a no-op for
+    /// memory chunks). On failure the file is cut back to where it was and the data stays in
+    /// memory, so the caller can roll the write back. Returns the file handle to sync, if any
+    /// was written, and whether the file was created.
+    pub fn persist(&mut self) -> std::io::Result<Option<(std::sync::Arc<std::fs::File>, bool)>> {
+        let Some(b) = self.backing.as_mut() else {
+            return Ok(None);
+        };
+        if self.committed_len == 0 {
+            return Ok(None);
+        }
+        use std::os::unix::fs::{FileExt, OpenOptionsExt};
+        let mut created = false;
+        if b.file.is_none() {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.read(true).write(true).mode(b.mode);
+            if b.file_len == 0 {
+                opts.create(true);
+                created = true;
+            }
+            b.file = Some(std::sync::Arc::new(opts.open(&b.path)?));
+        }
+        let f = b.file.clone().expect("opened above");
+        let mut frame = Vec::with_capacity(
+            self.committed_len + 2 * super::wal::HEADER_LEN + b.header.len() + 4,
+        );
+        if b.file_len == 0 {
+            super::wal::encode(super::wal::FrameKind::Header, &b.header, &mut frame);
+        }
+        super::wal::encode_records(
+            self.unpersisted_records as u32,
+            &self.data[..self.committed_len],
+            &mut frame,
+        );
+        if let Err(e) = f.write_all_at(&frame, b.file_len) {
+            let _ = f.set_len(b.file_len);
+            return Err(e);
+        }
+        b.file_len += frame.len() as u64;
+        b.disk_len += self.committed_len as u64;
+        b.disk_records += self.unpersisted_records;
+        self.data.drain(..self.committed_len);
+        self.committed_len = 0;
+        self.unpersisted_records = 0;
+        Ok(Some((f, created)))
+    }
+
+    /// Undoes the last [`Chunk::persist`] of `len` data bytes / `records` records written as
+    /// `frame_len` bytes (a write that failed elsewhere is rolled back whole).
+    pub fn unpersist(&mut self, prev_file_len: u64, prev_disk_len: u64, prev_disk_records: u64) {
+        if let Some(b) = self.backing.as_mut() {
+            if let Some(f) = &b.file {
+                let _ = f.set_len(prev_file_len);
+            }
+            b.file_len = prev_file_len;
+            b.disk_len = prev_disk_len;
+            b.disk_records = prev_disk_records;
+        }
+        self.data.clear();
+        self.committed_len = 0;
+        self.records = prev_disk_records;
+        self.committed_records = prev_disk_records;
+        self.unpersisted_records = 0;
+    }
+
     /// The committed bytes, frozen so writers can hold them without copying. After this the
-    /// chunk takes no more appends.
-    pub fn freeze(&mut self) -> Bytes {
+    /// chunk takes no more appends. File chunks are read back from their frames.
+    pub fn freeze(&mut self) -> std::io::Result<Bytes> {
         if self.frozen.is_none() {
             self.data.truncate(self.committed_len);
             self.records = self.committed_records;
-            self.frozen = Some(Bytes::from(std::mem::take(&mut self.data)));
+            let bytes = match &self.backing {
+                None => Bytes::from(std::mem::take(&mut self.data)),
+                Some(b) => {
+                    let mut out = read_records(&b.path)?.0;
+                    out.extend_from_slice(&self.data);
+                    Bytes::from(out)
+                }
+            };
+            self.frozen = Some(bytes);
         }
-        self.frozen.clone().expect("frozen above")
+        Ok(self.frozen.clone().expect("frozen above"))
     }
 
     /// The committed bytes as stored (compressed when the buffer compresses).
-    pub fn stored_bytes(&self) -> &[u8] {
-        match &self.frozen {
-            Some(b) => b,
-            None => &self.data[..self.committed_len],
+    pub fn stored_bytes(&self) -> std::io::Result<Bytes> {
+        if let Some(b) = &self.frozen {
+            return Ok(b.clone());
+        }
+        match &self.backing {
+            None => Ok(Bytes::copy_from_slice(&self.data[..self.committed_len])),
+            Some(b) => {
+                let mut out = if b.file_len > 0 {
+                    read_records(&b.path)?.0
+                } else {
+                    Vec::new()
+                };
+                out.extend_from_slice(&self.data[..self.committed_len]);
+                Ok(Bytes::from(out))
+            }
         }
     }
+}
+
+/// The records' bytes of a chunk file (intact frames only), their count, and the scan.
+pub fn read_records(path: &std::path::Path) -> std::io::Result<(Vec<u8>, u64, super::wal::Scan)> {
+    let data = std::fs::read(path)?;
+    let scan = super::wal::scan(&data);
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    for f in &scan.frames {
+        if f.kind == super::wal::FrameKind::Records {
+            let p = &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize];
+            if let Some((count, recs)) = super::wal::split_records(p) {
+                out.extend_from_slice(recs);
+                n += count as u64;
+            }
+        }
+    }
+    Ok((out, n, scan))
 }
 
 /// Decompresses a chunk's stored bytes (concatenated gzip members or zstd frames), refusing to
@@ -192,7 +335,7 @@ mod tests {
         assert_eq!((c.bytesize(), c.records()), (6, 2));
         c.rollback();
         assert_eq!((c.bytesize(), c.records(), c.modified), (3, 1, 5));
-        assert_eq!(c.freeze(), Bytes::from_static(b"abc"));
+        assert_eq!(c.freeze().unwrap(), Bytes::from_static(b"abc"));
     }
 
     #[test]
@@ -202,9 +345,9 @@ mod tests {
             c.append(b"line1\n", 1, comp);
             c.append(b"line2\n", 1, comp);
             c.commit(1);
-            let out = decompress(c.stored_bytes(), comp, 1 << 20).unwrap();
+            let out = decompress(&c.stored_bytes().unwrap(), comp, 1 << 20).unwrap();
             assert_eq!(out, b"line1\nline2\n");
-            assert!(decompress(c.stored_bytes(), comp, 4).is_err());
+            assert!(decompress(&c.stored_bytes().unwrap(), comp, 4).is_err());
         }
     }
 }

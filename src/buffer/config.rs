@@ -15,8 +15,10 @@ pub enum BufferType {
     Memory,
     /// On disk (`@type file`); `path` as configured, resolved by the file buffer.
     File {
-        /// The `path` parameter, if given.
+        /// The `path` parameter, if given; the resolved path once the output is built.
         path: Option<String>,
+        /// `path_suffix` of chunk files (default `.log`).
+        path_suffix: String,
     },
 }
 
@@ -253,6 +255,9 @@ impl BufferConfig {
         let buffer_type = if is_file {
             BufferType::File {
                 path: section.string("path"),
+                path_suffix: section
+                    .string("path_suffix")
+                    .unwrap_or_else(|| ".log".into()),
             }
         } else {
             BufferType::Memory

@@ -32,6 +32,7 @@ use bytes::Bytes;
 use super::chunk::{Chunk, ChunkState};
 use super::chunk_id::ChunkId;
 use super::config::{BufferConfig, Compress, FlushMode};
+use super::file::FileStore;
 use super::metadata::Metadata;
 use crate::time::Clock;
 
@@ -83,6 +84,9 @@ pub struct WriteReport {
     pub oversized: Vec<Oversized>,
     /// Whether any chunk was queued (a flush worker should wake).
     pub enqueued: bool,
+    /// For file buffers: the write's sequence number, durable once the sync task has
+    /// published it.
+    pub sync_seq: Option<u64>,
 }
 
 /// Why a write was refused whole.
@@ -91,6 +95,10 @@ pub enum WriteError {
     /// Storing the write would exceed `total_limit_size`.
     #[error("buffer space has too many data")]
     Overflow,
+    /// The chunk files could not be written (disk full, I/O error); nothing of the write was
+    /// stored and what was stored before is intact.
+    #[error("cannot write buffer chunk files: {0}")]
+    Io(String),
 }
 
 /// Buffer sizes and counts, for metrics and tests.
@@ -180,6 +188,14 @@ impl BufferLimits {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The file buffer, when chunks live on disk.
+    store: Option<Arc<FileStore>>,
+    /// Files written since the last sync pass.
+    dirty: Vec<Arc<std::fs::File>>,
+    /// A chunk file was created since the last sync pass (the directory needs an fsync).
+    dir_dirty: bool,
+    /// Sequence number of the last write that reached the files.
+    write_seq: u64,
     stage: HashMap<Metadata, Chunk>,
     /// Staged metadata in creation order (timer enqueue walks chunks oldest first).
     stage_order: Vec<Metadata>,
@@ -191,7 +207,7 @@ struct State {
 
 impl State {
     fn enqueue_staged(&mut self, meta: &Metadata) -> bool {
-        let Some(mut c) = self.stage.remove(meta) else {
+        let Some(c) = self.stage.remove(meta) else {
             return false;
         };
         self.stage_order.retain(|m| m != meta);
@@ -199,28 +215,54 @@ impl State {
         if c.is_empty() {
             return false;
         }
-        c.state = ChunkState::Queued;
-        self.queue_bytes += c.committed_bytes();
-        self.queue.push_back(c);
+        self.push_queued(c);
         true
     }
 
-    fn enqueue_unstaged(&mut self, mut c: Chunk) -> bool {
+    fn enqueue_unstaged(&mut self, c: Chunk) -> bool {
         if c.is_empty() {
             return false;
         }
-        c.state = ChunkState::Queued;
-        self.queue_bytes += c.committed_bytes();
-        self.queue.push_back(c);
+        self.push_queued(c);
         true
     }
 
+    fn push_queued(&mut self, mut c: Chunk) {
+        c.state = ChunkState::Queued;
+        if let Some(s) = &self.store {
+            s.mark_queued(&mut c);
+        }
+        self.queue_bytes += c.committed_bytes();
+        self.queue.push_back(c);
+    }
+
+    fn new_chunk(&self, meta: &Metadata, state: ChunkState, now: i64) -> Chunk {
+        match &self.store {
+            Some(s) => s.new_chunk(meta, state, now),
+            None => Chunk::new(ChunkId::now(), meta.clone(), state, now),
+        }
+    }
+
     fn stage_new(&mut self, meta: &Metadata, now: i64) {
-        self.stage.insert(
-            meta.clone(),
-            Chunk::new(ChunkId::now(), meta.clone(), ChunkState::Staged, now),
-        );
+        let c = self.new_chunk(meta, ChunkState::Staged, now);
+        self.stage.insert(meta.clone(), c);
         self.stage_order.push(meta.clone());
+    }
+
+    /// A queued chunk whose file cannot be read: it leaves the queue (its file stays on disk
+    /// for the next start or an operator) with an error naming it.
+    fn unreadable(&mut self, c: Chunk, e: std::io::Error) {
+        self.queue_bytes -= c.committed_bytes();
+        let path = c
+            .backing
+            .as_ref()
+            .map(|b| b.path.display().to_string())
+            .unwrap_or_default();
+        tracing::error!(chunk_id = %c.id, path, "cannot read buffer chunk file; it is left on disk and skipped: {e}");
+    }
+
+    fn recount_stage(&mut self) {
+        self.stage_bytes = self.stage.values().map(|c| c.committed_bytes()).sum();
     }
 }
 
@@ -230,7 +272,7 @@ enum Touched {
     /// The staged chunk of this metadata (appended, not yet committed).
     Staged(Metadata),
     /// A chunk made during the write and not staged.
-    Unstaged(Chunk),
+    Unstaged(Box<Chunk>),
 }
 
 /// The memory buffer of one output: stage, queue and in-flight chunks behind one lock.
@@ -297,7 +339,11 @@ impl Buffer {
                     message,
                 }));
         }
-        report.enqueued |= self.commit(&mut st, touched, now);
+        let before = st.write_seq;
+        report.enqueued |= self.commit(&mut st, touched, now)?;
+        if st.write_seq != before {
+            report.sync_seq = Some(st.write_seq);
+        }
         Ok(report)
     }
 
@@ -305,7 +351,7 @@ impl Buffer {
     /// order the chunks were touched: an unstaged chunk is queued; a staged chunk is queued when
     /// full (or in immediate mode), and then the last unstaged chunk of its metadata, if not
     /// full and not yet queued, becomes the staged chunk.
-    fn commit(&self, st: &mut State, touched: Vec<Touched>, now: i64) -> bool {
+    fn commit(&self, st: &mut State, touched: Vec<Touched>, now: i64) -> Result<bool, WriteError> {
         let immediate = self.limits.flush_mode == FlushMode::Immediate;
         let mut enqueued = false;
         let mut items: Vec<Option<Touched>> = Vec::with_capacity(touched.len());
@@ -330,10 +376,11 @@ impl Buffer {
                 }
             }
         }
+        self.persist(st, &mut items)?;
         for i in 0..items.len() {
             match items[i].take() {
                 None => {}
-                Some(Touched::Unstaged(c)) => enqueued |= st.enqueue_unstaged(c),
+                Some(Touched::Unstaged(c)) => enqueued |= st.enqueue_unstaged(*c),
                 Some(Touched::Staged(m)) => {
                     let due = st
                         .stage
@@ -356,14 +403,145 @@ impl Buffer {
                                 c.state = ChunkState::Staged;
                                 st.stage_bytes += c.committed_bytes();
                                 st.stage_order.push(m.clone());
-                                st.stage.insert(m.clone(), c);
+                                st.stage.insert(m.clone(), *c);
                             }
                         }
                     }
                 }
             }
         }
-        enqueued
+        Ok(enqueued)
+    }
+
+    /// Writes the committed data of every touched chunk to its file (file buffers). All or
+    /// nothing: on an error every file is cut back and every chunk returns to what was on disk
+    /// before this write.
+    fn persist(&self, st: &mut State, items: &mut [Option<Touched>]) -> Result<(), WriteError> {
+        if st.store.is_none() {
+            return Ok(());
+        }
+        let mut done: Vec<(usize, u64, u64, u64)> = Vec::new();
+        let mut files = Vec::new();
+        let mut created = false;
+        let mut failure = None;
+        for (i, item) in items.iter_mut().enumerate() {
+            let c = match item {
+                Some(Touched::Staged(m)) => st.stage.get_mut(m),
+                Some(Touched::Unstaged(c)) => Some(&mut **c),
+                None => None,
+            };
+            let Some(c) = c else { continue };
+            let Some(b) = &c.backing else { continue };
+            let prev = (b.file_len, b.disk_len, b.disk_records);
+            match c.persist() {
+                Ok(Some((f, new_file))) => {
+                    files.push(f);
+                    created |= new_file;
+                    done.push((i, prev.0, prev.1, prev.2));
+                }
+                Ok(None) => done.push((i, prev.0, prev.1, prev.2)),
+                Err(e) => {
+                    c.unpersist(prev.0, prev.1, prev.2);
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(e) = failure else {
+            if !files.is_empty() {
+                st.dirty.extend(files);
+                st.dir_dirty |= created;
+                st.write_seq += 1;
+            }
+            return Ok(());
+        };
+        // Undo the chunks written before the failure, and drop this write's data everywhere.
+        for (i, fl, dl, dr) in done {
+            let c = match &mut items[i] {
+                Some(Touched::Staged(m)) => st.stage.get_mut(m),
+                Some(Touched::Unstaged(c)) => Some(&mut **c),
+                None => None,
+            };
+            if let Some(c) = c {
+                c.unpersist(fl, dl, dr);
+            }
+        }
+        for item in items.iter_mut() {
+            match item {
+                Some(Touched::Unstaged(c)) => {
+                    if let Some(b) = &c.backing {
+                        if b.file_len == 0 {
+                            let _ = std::fs::remove_file(&b.path);
+                        }
+                    }
+                    *item = None;
+                }
+                Some(Touched::Staged(m)) => {
+                    if let Some(c) = st.stage.get_mut(m) {
+                        if let Some(b) = &c.backing {
+                            let (fl, dl, dr) = (b.file_len, b.disk_len, b.disk_records);
+                            c.unpersist(fl, dl, dr);
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        st.recount_stage();
+        tracing::error!("cannot write buffer chunk files: {e}; the write is refused and nothing stored is changed");
+        Err(WriteError::Io(e.to_string()))
+    }
+
+    /// Files to fdatasync for durability, whether the directory needs an fsync, and the write
+    /// sequence number they cover (`None` when nothing was written since the last call).
+    pub fn take_dirty(&self) -> Option<(Vec<Arc<std::fs::File>>, bool, u64)> {
+        let mut st = self.lock();
+        if st.dirty.is_empty() && !st.dir_dirty {
+            return None;
+        }
+        let files = std::mem::take(&mut st.dirty);
+        let dir = std::mem::take(&mut st.dir_dirty);
+        Some((files, dir, st.write_seq))
+    }
+
+    /// The file buffer, if chunks live on disk.
+    pub fn store(&self) -> Option<Arc<FileStore>> {
+        self.lock().store.clone()
+    }
+
+    /// Opens a file buffer: resumes every chunk file found (staged ones stay staged unless full
+    /// or a newer chunk of the same metadata exists; the queue is ordered by modification time)
+    /// and returns the files without readable metadata for the caller to back up.
+    pub fn open_file(
+        limits: BufferLimits,
+        standard_format: bool,
+        clock: Arc<dyn Clock>,
+        store: FileStore,
+    ) -> std::io::Result<(Buffer, Vec<super::file::BrokenChunk>)> {
+        let resumed = store.resume()?;
+        let buffer = Buffer::new(limits, standard_format, clock);
+        let store = Arc::new(store);
+        {
+            let mut st = buffer.lock();
+            st.store = Some(store);
+            let (staged, extra) = super::file::split_staged(resumed.staged);
+            let mut queue: Vec<Chunk> = resumed.queued;
+            queue.extend(extra);
+            for c in staged {
+                if buffer.limits.full(&c) {
+                    queue.push(c);
+                } else {
+                    st.stage_order.push(c.metadata.clone());
+                    st.stage.insert(c.metadata.clone(), c);
+                }
+            }
+            queue.sort_by_key(|c| (c.modified, c.id));
+            for c in queue {
+                st.push_queued(c);
+            }
+            st.recount_stage();
+        }
+        Ok((buffer, resumed.broken))
     }
 
     /// Phase 1 for one group: appends without committing; returns what was touched and the
@@ -445,12 +623,8 @@ impl Buffer {
                         .iter()
                         .any(|t| matches!(t, Touched::Staged(x) if *x == m))
                 {
-                    touched.push(Touched::Unstaged(Chunk::new(
-                        ChunkId::now(),
-                        m.clone(),
-                        ChunkState::Unstaged,
-                        now,
-                    )));
+                    let c = st.new_chunk(&m, ChunkState::Unstaged, now);
+                    touched.push(Touched::Unstaged(Box::new(c)));
                 } else {
                     touched.push(Touched::Staged(m.clone()));
                 }
@@ -502,7 +676,7 @@ impl Buffer {
                                     st.stage_order.retain(|x| *x != sm);
                                     st.stage_bytes -= sc.committed_bytes();
                                     sc.state = ChunkState::Unstaged;
-                                    touched[cur] = Touched::Unstaged(sc);
+                                    touched[cur] = Touched::Unstaged(Box::new(sc));
                                 }
                                 staged_used = false;
                             }
@@ -578,9 +752,14 @@ impl Buffer {
     /// Takes the queue head in flight, for a flush worker.
     pub fn dequeue(&self) -> Option<FlushChunk> {
         let mut st = self.lock();
-        let mut c = st.queue.pop_front()?;
+        let (mut c, bytes) = loop {
+            let mut c = st.queue.pop_front()?;
+            match c.freeze() {
+                Ok(b) => break (c, b),
+                Err(e) => st.unreadable(c, e),
+            }
+        };
         c.state = ChunkState::InFlight;
-        let bytes = c.freeze();
         let fc = FlushChunk {
             id: c.id,
             metadata: c.metadata.clone(),
@@ -599,6 +778,9 @@ impl Buffer {
             return false;
         };
         st.queue_bytes -= c.committed_bytes();
+        if let Some(s) = &st.store {
+            s.remove(&c);
+        }
         drop(st);
         self.space_freed.notify_waiters();
         true
@@ -619,11 +801,19 @@ impl Buffer {
     /// the backup directory). `None` when nothing is queued.
     pub fn take_oldest(&self) -> Option<FlushChunk> {
         let mut st = self.lock();
-        let mut c = st.queue.pop_front()?;
+        let (c, bytes) = loop {
+            let mut c = st.queue.pop_front()?;
+            match c.freeze() {
+                Ok(b) => break (c, b),
+                Err(e) => st.unreadable(c, e),
+            }
+        };
         st.queue_bytes -= c.committed_bytes();
+        if let Some(s) = &st.store {
+            s.remove(&c);
+        }
         drop(st);
         self.space_freed.notify_waiters();
-        let bytes = c.freeze();
         Some(FlushChunk {
             id: c.id,
             metadata: c.metadata.clone(),
@@ -638,8 +828,17 @@ impl Buffer {
         let mut st = self.lock();
         let mut out = Vec::new();
         while let Some(mut c) = st.queue.pop_front() {
+            let bytes = match c.freeze() {
+                Ok(b) => b,
+                Err(e) => {
+                    st.unreadable(c, e);
+                    continue;
+                }
+            };
             st.queue_bytes -= c.committed_bytes();
-            let bytes = c.freeze();
+            if let Some(s) = &st.store {
+                s.remove(&c);
+            }
             out.push(FlushChunk {
                 id: c.id,
                 metadata: c.metadata.clone(),
@@ -687,12 +886,16 @@ impl Buffer {
     /// Copies of the committed bytes of queued chunks, then staged chunks (tests).
     pub fn contents(&self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         let st = self.lock();
-        let q = st.queue.iter().map(|c| c.stored_bytes().to_vec()).collect();
+        let q = st
+            .queue
+            .iter()
+            .map(|c| c.stored_bytes().map(|b| b.to_vec()).unwrap_or_default())
+            .collect();
         let s = st
             .stage_order
             .iter()
             .filter_map(|m| st.stage.get(m))
-            .map(|c| c.stored_bytes().to_vec())
+            .map(|c| c.stored_bytes().map(|b| b.to_vec()).unwrap_or_default())
             .collect();
         (q, s)
     }

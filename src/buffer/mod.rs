@@ -7,5 +7,6 @@ pub mod chunk;
 pub mod chunk_id;
 pub mod config;
 pub mod core;
+pub mod file;
 pub mod metadata;
 pub mod wal;

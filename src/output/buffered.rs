@@ -28,10 +28,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::retry::{FailureOutcome, OutputRetry, RetryPolicy};
-use super::{BoxFuture, EmitError, Output, Receipt, Rejected};
+use super::{BoxFuture, DurableWait, EmitError, Output, Receipt, Rejected, SyncProgress};
 use crate::buffer::chunk::decompress;
-use crate::buffer::config::{BufferConfig, Compress, FlushMode, OverflowAction};
+use crate::buffer::config::{
+    BufferConfig, BufferType, Compress, FlushMode, OverflowAction, SyncMode,
+};
 use crate::buffer::core::{Buffer, BufferLimits, BufferStats, FlushChunk, Group, WriteError};
+use crate::buffer::file::{FileStore, Layout};
 use crate::buffer::metadata::{Metadata, MetadataBuilder};
 use crate::event::{EventStream, EventTime, StreamBuilder};
 use crate::time::{until, Clock, Zone};
@@ -154,7 +157,12 @@ pub struct BufferedOutput {
     plugin_id: String,
     primary: Arc<dyn ChunkWriter>,
     secondary: Option<Arc<dyn ChunkWriter>>,
-    buffer: Arc<Buffer>,
+    /// Set at construction (memory) or at start (file: opening takes the lock and resumes).
+    buffer: std::sync::OnceLock<Arc<Buffer>>,
+    /// Where a file buffer lives and its permissions (file, dir), opened at start.
+    file: Option<(Layout, u32, u32)>,
+    sync_tx: tokio::sync::watch::Sender<SyncProgress>,
+    sync_wake: tokio::sync::Notify,
     metadata: MetadataBuilder,
     cfg: BufferConfig,
     retry: Mutex<OutputRetry>,
@@ -187,30 +195,44 @@ pub fn safe_plugin_id(id: &str) -> String {
 }
 
 impl BufferedOutput {
-    /// A buffered output around `primary` (and `secondary`), configured by `cfg`.
+    /// A buffered output around `primary` (and `secondary`), configured by `cfg`. A file
+    /// buffer is only opened by [`Output::start`], so building (and `--dry-run`) touches no disk.
     pub fn new(
         plugin_id: String,
         primary: Arc<dyn ChunkWriter>,
         secondary: Option<Arc<dyn ChunkWriter>>,
         cfg: BufferConfig,
-        root_dir: Option<&std::path::Path>,
-        clock: Arc<dyn Clock>,
+        ctx: &super::BuildContext,
     ) -> BufferedOutput {
-        let standard = !primary.formats();
-        let buffer = Arc::new(Buffer::new(
-            BufferLimits::from_config(&cfg),
-            standard,
-            clock.clone(),
-        ));
+        let clock = ctx.clock.clone();
         let policy = RetryPolicy::from_config(&cfg, secondary.is_some());
         let (stop, _) = tokio::sync::watch::channel(false);
+        let buffer = std::sync::OnceLock::new();
+        let file = match &cfg.buffer_type {
+            BufferType::File {
+                path: Some(p),
+                path_suffix,
+            } => Some((Layout::resolve(p, path_suffix), ctx.file_mode, ctx.dir_mode)),
+            _ => {
+                let standard = !primary.formats();
+                let _ = buffer.set(Arc::new(Buffer::new(
+                    BufferLimits::from_config(&cfg),
+                    standard,
+                    clock.clone(),
+                )));
+                None
+            }
+        };
         BufferedOutput {
-            backup_dir: backup_dir(root_dir, &safe_plugin_id(&plugin_id)),
+            backup_dir: backup_dir(ctx.root_dir.as_deref(), &safe_plugin_id(&plugin_id)),
             plugin_id,
             metadata: MetadataBuilder::new(&cfg),
             primary,
             secondary,
             buffer,
+            file,
+            sync_tx: tokio::sync::watch::channel(SyncProgress::default()).0,
+            sync_wake: tokio::sync::Notify::new(),
             retry: Mutex::new(OutputRetry::new(policy)),
             clock,
             wake: tokio::sync::Notify::new(),
@@ -223,9 +245,100 @@ impl BufferedOutput {
         }
     }
 
-    /// The buffer (for tests and tools).
+    /// The buffer (for tests and tools). Panics before [`Output::start`] for file buffers.
     pub fn buffer(&self) -> &Arc<Buffer> {
-        &self.buffer
+        self.buffer.get().expect("the buffer is opened at start")
+    }
+
+    /// Opens the file buffer: lock, resume, back up unreadable chunk files.
+    fn open_file_buffer(&self) -> Result<(), String> {
+        let Some((layout, file_mode, dir_mode)) = &self.file else {
+            return Ok(());
+        };
+        if self.buffer.get().is_some() {
+            return Ok(());
+        }
+        let store =
+            FileStore::open(layout.clone(), *file_mode, *dir_mode).map_err(|e| e.to_string())?;
+        let standard = !self.primary.formats();
+        let (buffer, broken) = Buffer::open_file(
+            BufferLimits::from_config(&self.cfg),
+            standard,
+            self.clock.clone(),
+            store,
+        )
+        .map_err(|e| format!("cannot resume buffer {}: {e}", layout.dir.display()))?;
+        for b in broken {
+            let chunk = FlushChunk {
+                id: b.id,
+                metadata: Metadata::default(),
+                bytes: b.records,
+                records: b.count,
+                created: 0,
+            };
+            self.backup(&chunk, "found broken chunk file during resume");
+            let _ = std::fs::remove_file(&b.path);
+        }
+        let stats = buffer.stats();
+        if stats.stage_length + stats.queue_length > 0 {
+            tracing::info!(plugin_id = %self.plugin_id, staged = stats.stage_length, queued = stats.queue_length,
+                bytes = stats.stage_bytes + stats.queue_bytes, "resumed buffered chunks from {}", layout.dir.display());
+        }
+        let _ = self.buffer.set(Arc::new(buffer));
+        Ok(())
+    }
+
+    /// Makes everything written so far durable and publishes the progress (group commit).
+    async fn sync_pass(&self) {
+        let Some(buffer) = self.buffer.get() else {
+            return;
+        };
+        let Some((files, dir_dirty, seq)) = buffer.take_dirty() else {
+            return;
+        };
+        let dir = self.file.as_ref().map(|f| f.0.dir.clone());
+        let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            for f in files {
+                f.sync_data()?;
+            }
+            if let (true, Some(d)) = (dir_dirty, dir) {
+                std::fs::File::open(d)?.sync_all()?;
+            }
+            Ok(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => self.sync_tx.send_modify(|p| {
+                p.synced = p.synced.max(seq);
+                p.failed = None;
+            }),
+            Ok(Err(e)) => {
+                tracing::error!(plugin_id = %self.plugin_id, "fdatasync of buffer chunk files failed; the writes it covers are not acknowledged: {e}");
+                self.sync_tx
+                    .send_modify(|p| p.failed = Some(Arc::from(e.to_string())));
+            }
+            Err(e) => self
+                .sync_tx
+                .send_modify(|p| p.failed = Some(Arc::from(e.to_string()))),
+        }
+    }
+
+    async fn sync_task(self: Arc<Self>) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            match self.cfg.sync {
+                SyncMode::Interval(t) => tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs_f64(t.max(0.001))) => {}
+                    _ = stop.changed() => break,
+                },
+                _ => tokio::select! {
+                    _ = self.sync_wake.notified() => {}
+                    _ = stop.changed() => break,
+                },
+            }
+            self.sync_pass().await;
+        }
+        self.sync_pass().await;
     }
 
     fn retrying(&self) -> bool {
@@ -309,9 +422,12 @@ impl BufferedOutput {
         let (groups, indexes, invalid) = self.groups(tag, &es);
         let mut dropped_one = false;
         let report = loop {
-            match self.buffer.write(&groups) {
+            match self.buffer().write(&groups) {
                 Ok(r) => break r,
-                Err(WriteError::Overflow) => {
+                Err(err) => {
+                    if let WriteError::Io(e) = &err {
+                        tracing::error!(plugin_id = %self.plugin_id, "cannot store events in the buffer: {e}");
+                    }
                     let action = self.cfg.overflow_action;
                     tracing::warn!(
                         plugin_id = %self.plugin_id,
@@ -336,7 +452,7 @@ impl BufferedOutput {
                                     tracing::error!(plugin_id = %self.plugin_id, "breaking block behavior to shutdown Fluentd");
                                     return Err(EmitError::BufferOverflow);
                                 }
-                                let freed = self.buffer.space_freed.notified();
+                                let freed = self.buffer().space_freed.notified();
                                 if tokio::time::timeout(Duration::from_secs(1), freed)
                                     .await
                                     .is_ok()
@@ -354,7 +470,7 @@ impl BufferedOutput {
                                 return Err(EmitError::BufferOverflow);
                             }
                             dropped_one = true;
-                            match self.buffer.take_oldest() {
+                            match self.buffer().take_oldest() {
                                 Some(chunk) => {
                                     tracing::warn!(plugin_id = %self.plugin_id, chunk_id = %chunk.id,
                                         "dropping oldest chunk to make space after buffer overflow (moved to the backup directory)");
@@ -379,7 +495,16 @@ impl BufferedOutput {
         if report.enqueued && !self.retrying() {
             self.wake.notify_one();
         }
-        let mut receipt = Receipt::stored();
+        let mut receipt = match (report.sync_seq, self.cfg.sync) {
+            (Some(seq), SyncMode::Always | SyncMode::Interval(_)) => {
+                self.sync_wake.notify_one();
+                Receipt::wait_for(DurableWait {
+                    progress: self.sync_tx.subscribe(),
+                    seq,
+                })
+            }
+            _ => Receipt::stored(),
+        };
         if !report.oversized.is_empty() {
             let mut b = StreamBuilder::default();
             let entries: Vec<_> = es.iter().collect();
@@ -437,7 +562,7 @@ impl BufferedOutput {
         let wc = self.write_chunk(chunk);
         match writer.write(&wc).await {
             Ok(()) => {
-                self.buffer.purge(wc.chunk.id);
+                self.buffer().purge(wc.chunk.id);
                 self.counters.write_count.fetch_add(1, Ordering::Relaxed);
                 if self
                     .retry
@@ -460,7 +585,7 @@ impl BufferedOutput {
             }
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.buffer.takeback(wc.chunk.id);
+                self.buffer().takeback(wc.chunk.id);
                 let outcome = self
                     .retry
                     .lock()
@@ -478,7 +603,7 @@ impl BufferedOutput {
                         f.text(&self.log_zone), wc.chunk.id, e.class, e.message
                     ),
                     FailureOutcome::GiveUp { retry_times } => {
-                        let chunks = self.buffer.take_queue();
+                        let chunks = self.buffer().take_queue();
                         let records: u64 = chunks.iter().map(|c| c.records).sum();
                         tracing::error!(
                             plugin_id = %self.plugin_id,
@@ -512,7 +637,7 @@ impl BufferedOutput {
                     tracing::warn!(plugin_id = %self.plugin_id, error = %e, "got unrecoverable error in primary. Skip retry and flush chunk to secondary");
                     match s.write(&wc).await {
                         Ok(()) => {
-                            self.buffer.purge(id);
+                            self.buffer().purge(id);
                             self.counters.write_count.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
@@ -528,7 +653,7 @@ impl BufferedOutput {
         } else {
             self.backup(&wc.chunk, &e.message);
         }
-        self.buffer.purge(id);
+        self.buffer().purge(id);
     }
 
     /// Writes a chunk's records to the backup directory: `<chunk id>.log` holds the data as
@@ -597,10 +722,10 @@ impl BufferedOutput {
                 }
                 continue;
             }
-            match self.buffer.dequeue() {
+            match self.buffer().dequeue() {
                 Some(chunk) => {
                     let written = self.flush_chunk(chunk).await;
-                    if written && self.buffer.has_queued() && !burst.is_zero() {
+                    if written && self.buffer().has_queued() && !burst.is_zero() {
                         tokio::select! {
                             _ = tokio::time::sleep(burst) => {}
                             _ = stop.changed() => return,
@@ -649,7 +774,7 @@ impl BufferedOutput {
                 _ = tokio::time::sleep(period) => {}
                 _ = stop.changed() => return,
             }
-            if self.buffer.enqueue_due() > 0 && !self.retrying() {
+            if self.buffer().enqueue_due() > 0 && !self.retrying() {
                 self.wake.notify_one();
             }
         }
@@ -663,19 +788,28 @@ impl BufferedOutput {
         for t in tasks {
             let _ = t.await;
         }
+        if self.buffer.get().is_none() {
+            // Never started (its file buffer could not be opened): nothing to flush.
+            return;
+        }
         if self.cfg.flush_at_shutdown {
-            self.buffer.enqueue_all();
+            self.buffer().enqueue_all();
             while !self.retrying() {
-                let Some(chunk) = self.buffer.dequeue() else {
+                let Some(chunk) = self.buffer().dequeue() else {
                     break;
                 };
                 self.flush_chunk(chunk).await;
             }
         }
+        if self.file.is_some() {
+            // Chunk files stay where they are and are resumed at the next start.
+            self.sync_pass().await;
+            return;
+        }
         // A memory buffer loses what it holds when the process ends: keep it in the backup
         // directory instead, so nothing disappears silently.
-        self.buffer.enqueue_all();
-        let left = self.buffer.take_queue();
+        self.buffer().enqueue_all();
+        let left = self.buffer().take_queue();
         if !left.is_empty() {
             let records: u64 = left.iter().map(|c| c.records).sum();
             tracing::warn!(plugin_id = %self.plugin_id, chunks = left.len(), records,
@@ -696,18 +830,24 @@ impl Output for BufferedOutput {
         Box::pin(self.emit_stream(tag, es))
     }
 
-    fn start(self: Arc<Self>) {
+    fn start(self: Arc<Self>) -> Result<(), String> {
+        self.open_file_buffer()
+            .map_err(|e| format!("{}: {e}", self.plugin_id))?;
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if self.file.is_some() {
+            tasks.push(tokio::spawn(self.clone().sync_task()));
+        }
         for _ in 0..self.cfg.flush_thread_count.max(1) {
             tasks.push(tokio::spawn(self.clone().flush_worker()));
         }
         if let Some(p) = self.enqueue_period() {
             tasks.push(tokio::spawn(self.clone().enqueue_timer(p)));
         }
+        Ok(())
     }
 
     fn force_flush(&self) {
-        if self.buffer.enqueue_all() > 0 || self.buffer.has_queued() {
+        if self.buffer().enqueue_all() > 0 || self.buffer().has_queued() {
             for _ in 0..self.cfg.flush_thread_count.max(1) {
                 self.wake.notify_one();
             }
@@ -723,7 +863,7 @@ impl Output for BufferedOutput {
         let c = &self.counters;
         Some(OutputMetrics {
             plugin_id: self.plugin_id.clone(),
-            buffer: self.buffer.stats(),
+            buffer: self.buffer.get().map(|b| b.stats()).unwrap_or_default(),
             retry_count: r.state().map(|s| s.steps()).unwrap_or(0),
             next_retry_time: r.next_time().map(|t| t.sec),
             emit_count: c.emit_count.load(Ordering::Relaxed),
@@ -833,13 +973,14 @@ mod tests {
             *s.clock.lock().unwrap() = Some(clock.clone());
         }
         let dir = tempfile::tempdir().unwrap();
+        let mut ctx = crate::output::BuildContext::new(Some(dir.path().to_path_buf()));
+        ctx.clock = clock.clone();
         let out = Arc::new(BufferedOutput::new(
             "retr".into(),
             primary.clone(),
             secondary.map(|s| s as Arc<dyn ChunkWriter>),
             config(buffer),
-            Some(dir.path()),
-            clock.clone(),
+            &ctx,
         ));
         (out, primary, clock, dir)
     }
@@ -853,7 +994,7 @@ mod tests {
             None,
         );
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start();
+        out.clone().start().unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let attempts = primary.attempts.lock().unwrap().clone();
@@ -889,7 +1030,7 @@ mod tests {
             Some(secondary.clone()),
         );
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start();
+        out.clone().start().unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(70)).await;
         let p = primary.attempts.lock().unwrap().clone();
@@ -905,7 +1046,7 @@ mod tests {
     async fn unrecoverable_goes_to_backup_without_retry() {
         let (out, primary, _clock, dir) = setup("flush_mode immediate", None);
         primary.unrecoverable.store(true, Ordering::SeqCst);
-        out.clone().start();
+        out.clone().start().unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(primary.attempts.lock().unwrap().len(), 1);
@@ -943,7 +1084,7 @@ mod tests {
 
         let (out, primary, _clock, _dir) = setup("flush_mode lazy\nchunk_limit_size 4\ntotal_limit_size 8\noverflow_action block\nretry_randomize false", None);
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start();
+        out.clone().start().unwrap();
         for _ in 0..4 {
             out.emit("t", one_event()).await.unwrap();
         }
@@ -968,7 +1109,7 @@ mod tests {
             None,
         );
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start();
+        out.clone().start().unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         out.emit("t", one_event()).await.unwrap();

@@ -5,6 +5,7 @@
 //! enforcing Fluentd's rules on `<buffer>` and `<secondary>` sections with Fluentd's wording.
 
 pub mod buffered;
+pub mod file;
 pub mod null;
 pub mod retry;
 pub mod stdout;
@@ -152,8 +153,11 @@ pub trait Output: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Starts background work (flush workers). Called once, inside the runtime.
-    fn start(self: Arc<Self>) {}
+    /// Starts background work (flush workers; opening a file buffer). Called once, inside the
+    /// runtime, before any input starts; an error stops sluice's start-up.
+    fn start(self: Arc<Self>) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Enqueues and writes everything buffered now (SIGUSR1).
     fn force_flush(&self) {}
@@ -176,7 +180,14 @@ pub enum Target {
 }
 
 /// Output types this build knows.
-pub const TYPES: &[&str] = &["copy", "null", "relabel", "stdout"];
+pub const TYPES: &[&str] = &[
+    "copy",
+    "file",
+    "null",
+    "relabel",
+    "secondary_file",
+    "stdout",
+];
 
 /// Fluentd's class name for an output type, for messages users search for.
 fn fluentd_class(type_name: &str) -> String {
@@ -185,13 +196,15 @@ fn fluentd_class(type_name: &str) -> String {
         "copy" => "Fluent::Plugin::CopyOutput".into(),
         "stdout" => "Fluent::Plugin::StdoutOutput".into(),
         "null" => "Fluent::Plugin::NullOutput".into(),
+        "file" => "Fluent::Plugin::FileOutput".into(),
+        "secondary_file" => "Fluent::Plugin::SecondaryFileOutput".into(),
         other => other.into(),
     }
 }
 
 /// Whether an output type can have a `<buffer>` section.
 fn can_buffer(type_name: &str) -> bool {
-    matches!(type_name, "null" | "stdout")
+    matches!(type_name, "null" | "stdout" | "file" | "secondary_file")
 }
 
 /// Plugin-wide settings every output build needs.
@@ -203,6 +216,10 @@ pub struct BuildContext {
     pub clock: Arc<dyn crate::time::Clock>,
     /// File-buffer paths already taken by a plugin (two plugins may not share one).
     pub buffer_paths: std::sync::Mutex<Vec<String>>,
+    /// Permissions of files sluice creates (`<system> file_permission`, default 0644).
+    pub file_mode: u32,
+    /// Permissions of directories sluice creates (`<system> dir_permission`, default 0755).
+    pub dir_mode: u32,
 }
 
 impl Default for BuildContext {
@@ -218,6 +235,8 @@ impl BuildContext {
             root_dir,
             clock: Arc::new(crate::time::SystemClock),
             buffer_paths: Default::default(),
+            file_mode: 0o644,
+            dir_mode: 0o755,
         }
     }
 
@@ -227,11 +246,13 @@ impl BuildContext {
         &self,
         output: &Element,
         buffer: &Element,
-        cfg: &BufferConfig,
+        cfg: &mut BufferConfig,
     ) -> Result<(), ConfigError> {
-        let crate::buffer::config::BufferType::File { path } = &cfg.buffer_type else {
+        let crate::buffer::config::BufferType::File { path, .. } = &mut cfg.buffer_type else {
             return Ok(());
         };
+        let slot = path;
+        let path = &*slot;
         let path = match path {
             Some(p) => p.clone(),
             None => match (output.peek("@id"), &self.root_dir) {
@@ -257,7 +278,8 @@ impl BuildContext {
                 format!("Other 'file' plugin already use same buffer path: type = file, buffer path = {path}"),
             ));
         }
-        taken.push(path);
+        taken.push(path.clone());
+        *slot = Some(path);
         Ok(())
     }
 }
@@ -311,7 +333,9 @@ fn build_typed(
     }
     let buffer = single_section(section, "buffer")?;
     let secondary = single_section(section, "secondary")?;
-    let mut secondary_writer: Option<Arc<dyn ChunkWriter>> = None;
+    // The `<secondary>` writer is built once the primary's buffer configuration is known: a
+    // file secondary names its files after the primary's chunk keys.
+    let mut secondary_spec: Option<(&Element, String)> = None;
     if let Some(b) = buffer {
         if !can_buffer(type_name) {
             return Err(ConfigError::at(
@@ -324,7 +348,8 @@ fn build_typed(
         }
     }
     if let Some(s) = secondary {
-        if buffer.is_none() {
+        // out_file is buffered even without a <buffer> section.
+        if buffer.is_none() && type_name != "file" {
             return Err(ConfigError::at(
                 &s.pos,
                 "Invalid <secondary> section for non-buffered plugin",
@@ -351,7 +376,14 @@ fn build_typed(
                 ),
             ));
         }
-        let writer = build_writer(s, &sec_type)?;
+        let custom_format = |t: &str| matches!(t, "file" | "stdout");
+        if sec_type != type_name
+            && sec_type != "secondary_file"
+            && (custom_format(type_name) || custom_format(&sec_type))
+        {
+            tracing::warn!(primary = %fluentd_class(type_name), secondary = %fluentd_class(&sec_type),
+                "Use different plugin for secondary. Check the plugin works with primary like secondary_file");
+        }
         if let Some(b) = buffer {
             if let Some(t) = b.float("retry_secondary_threshold")? {
                 if !(t > 0.0 && t < 1.0) {
@@ -363,7 +395,7 @@ fn build_typed(
                 }
             }
         }
-        secondary_writer = Some(writer);
+        secondary_spec = Some((s, sec_type));
     }
     match type_name {
         "relabel" => {
@@ -400,28 +432,64 @@ fn build_typed(
                 ))),
                 None => Ok(Target::Output(Arc::new(null::Null::configure(section)?))),
                 Some(cfg) => {
-                    let writer = build_writer(section, type_name)?;
+                    let writer = build_writer(section, type_name, None, ctx)?;
+                    let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
                     Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
                         plugin_id(section),
                         writer,
                         secondary_writer,
                         cfg,
-                        ctx.root_dir.as_deref(),
-                        ctx.clock.clone(),
+                        ctx,
                     ))))
                 }
             }
         }
+        "file" => {
+            let (writer, cfg) = file::FileOutput::configure(section, buffer, ctx)?;
+            let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
+            Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
+                plugin_id(section),
+                Arc::new(writer),
+                secondary_writer,
+                cfg,
+                ctx,
+            ))))
+        }
+        "secondary_file" => Err(ConfigError::at(&section.pos, file::SECONDARY_ONLY)),
         _ => unreachable!("type checked against TYPES above"),
     }
 }
 
-/// Builds the chunk writer of a buffered output or of a `<secondary>`.
-fn build_writer(section: &Element, type_name: &str) -> Result<Arc<dyn ChunkWriter>, ConfigError> {
-    match type_name {
-        "stdout" => Ok(Arc::new(stdout::Stdout::configure(section)?)),
-        "null" => Ok(Arc::new(null::Null::configure(section)?)),
-        other => Err(ConfigError::at(
+/// Builds the `<secondary>` writer, if any, for a primary buffered as `primary` says.
+fn secondary_writer(
+    spec: &Option<(&Element, String)>,
+    primary: &BufferConfig,
+    ctx: &BuildContext,
+) -> Result<Option<Arc<dyn ChunkWriter>>, ConfigError> {
+    spec.as_ref()
+        .map(|(s, t)| build_writer(s, t, Some(primary), ctx))
+        .transpose()
+}
+
+/// Builds the chunk writer of a buffered output (`secondary_of` None) or of a `<secondary>`
+/// (with the primary's buffer configuration).
+fn build_writer(
+    section: &Element,
+    type_name: &str,
+    secondary_of: Option<&BufferConfig>,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn ChunkWriter>, ConfigError> {
+    match (type_name, secondary_of) {
+        ("file", Some(p)) => Ok(Arc::new(file::FileOutput::configure_secondary(
+            section, p, ctx,
+        )?)),
+        ("secondary_file", Some(p)) => {
+            Ok(Arc::new(file::SecondaryFile::configure(section, p, ctx)?))
+        }
+        ("secondary_file", None) => Err(ConfigError::at(&section.pos, file::SECONDARY_ONLY)),
+        ("stdout", _) => Ok(Arc::new(stdout::Stdout::configure(section)?)),
+        ("null", _) => Ok(Arc::new(null::Null::configure(section)?)),
+        (other, _) => Err(ConfigError::at(
             &section.pos,
             format!("output plugin '{other}' cannot be used as a secondary"),
         )),
@@ -449,8 +517,8 @@ fn buffered(
     ctx: &BuildContext,
 ) -> Result<Option<BufferConfig>, ConfigError> {
     let Some(b) = buffer else { return Ok(None) };
-    let cfg = BufferConfig::from_section(b, section, defaults)?;
-    ctx.claim_buffer_path(section, b, &cfg)?;
+    let mut cfg = BufferConfig::from_section(b, section, defaults)?;
+    ctx.claim_buffer_path(section, b, &mut cfg)?;
     Ok(Some(cfg))
 }
 

@@ -264,3 +264,250 @@ pub fn line_of(text: &str, needle: &str) -> u32 {
         .unwrap_or_else(|| panic!("{needle:?} not in config")) as u32
         + 1
 }
+
+// ------------------------------------------------------------------------------------------
+// Running sluice as a daemon and feeding it through the Forward protocol
+// ------------------------------------------------------------------------------------------
+
+/// A port free on 127.0.0.1 for both TCP and UDP (the forward input answers heartbeats on UDP
+/// at the same port).
+pub fn free_forward_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP");
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A running `sluice -c FILE` (with `TZ=UTC`, no colours) whose stderr is collected.
+pub struct Daemon {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts sluice on `conf` with extra environment `env`.
+    pub fn start(conf: &Path, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(conf)
+            .env("NO_COLOR", "1")
+            .env("TZ", "UTC")
+            .env_remove("SLUICE_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start sluice");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = strip_ansi(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&text);
+            }
+        });
+        Daemon { child, stderr }
+    }
+
+    /// Starts sluice and waits until it accepts connections on `port`.
+    pub fn start_listening(conf: &Path, env: &[(&str, &str)], port: u16) -> Daemon {
+        let mut d = Daemon::start(conf, env);
+        let up = wait_until(std::time::Duration::from_secs(5), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                || matches!(d.child.try_wait(), Ok(Some(_)))
+        });
+        if !up || matches!(d.child.try_wait(), Ok(Some(_))) {
+            panic!("sluice did not start listening:\n{}", d.stderr());
+        }
+        d
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Number of stderr lines containing `text`.
+    pub fn count_in_stderr(&self, text: &str) -> usize {
+        self.stderr().lines().filter(|l| l.contains(text)).count()
+    }
+
+    /// Sends a signal (`USR1`, `TERM`, …) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// SIGTERM, then waits (up to 10 s) for the exit; returns the exit code and stderr.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                return (status.code(), self.stderr());
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("sluice did not stop within 10 s:\n{}", self.stderr());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A Forward-protocol client sending PackedForward frames with EventTime timestamps.
+pub struct ForwardClient {
+    stream: std::net::TcpStream,
+    pending: Vec<u8>,
+}
+
+impl ForwardClient {
+    /// Connects to sluice's forward input on 127.0.0.1.
+    pub fn connect(port: u16) -> ForwardClient {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        ForwardClient {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// One PackedForward frame: `[tag, bin(entries), {size, chunk?}]`, each entry
+    /// `[EventTime(sec, nsec), record]` with the record given as JSON.
+    pub fn frame(
+        tag: &str,
+        events: &[(i64, u32, serde_json::Value)],
+        chunk: Option<&str>,
+    ) -> Vec<u8> {
+        let mut entries = Vec::new();
+        for (sec, nsec, record) in events {
+            rmp::encode::write_array_len(&mut entries, 2).unwrap();
+            entries.extend_from_slice(&[0xd7, 0x00]);
+            entries.extend_from_slice(&(*sec as u32).to_be_bytes());
+            entries.extend_from_slice(&nsec.to_be_bytes());
+            sluice::msgpack::write_from_json(record, &mut entries);
+        }
+        let mut f = Vec::new();
+        rmp::encode::write_array_len(&mut f, 3).unwrap();
+        rmp::encode::write_str(&mut f, tag).unwrap();
+        rmp::encode::write_bin(&mut f, &entries).unwrap();
+        rmp::encode::write_map_len(&mut f, if chunk.is_some() { 2 } else { 1 }).unwrap();
+        rmp::encode::write_str(&mut f, "size").unwrap();
+        rmp::encode::write_uint(&mut f, events.len() as u64).unwrap();
+        if let Some(c) = chunk {
+            rmp::encode::write_str(&mut f, "chunk").unwrap();
+            rmp::encode::write_str(&mut f, c).unwrap();
+        }
+        f
+    }
+
+    /// Sends the events as one emit without asking for an ack.
+    pub fn send(&mut self, tag: &str, events: &[(i64, u32, serde_json::Value)]) {
+        use std::io::Write;
+        self.stream
+            .write_all(&Self::frame(tag, events, None))
+            .expect("send frame");
+    }
+
+    /// Sends the events as one emit asking for an ack with id `chunk`; does not wait.
+    pub fn send_with_ack(
+        &mut self,
+        tag: &str,
+        events: &[(i64, u32, serde_json::Value)],
+        chunk: &str,
+    ) {
+        use std::io::Write;
+        self.stream
+            .write_all(&Self::frame(tag, events, Some(chunk)))
+            .expect("send frame");
+    }
+
+    /// Sends the events as one emit and waits until sluice acknowledges them (stored).
+    pub fn send_acked(&mut self, tag: &str, events: &[(i64, u32, serde_json::Value)], chunk: &str) {
+        self.send_with_ack(tag, events, chunk);
+        assert_eq!(self.read_ack(), chunk, "ack of {chunk}");
+    }
+
+    /// Reads the next ack response and returns its id.
+    pub fn read_ack(&mut self) -> String {
+        use std::io::Read;
+        loop {
+            if let Ok(end) = sluice::msgpack::skip(&self.pending, 0) {
+                let value: Vec<u8> = self.pending.drain(..end).collect();
+                let v = sluice::msgpack::to_json_value(&value).expect("a MessagePack response");
+                return v["ack"].as_str().expect("an ack response").to_string();
+            }
+            let mut buf = [0u8; 256];
+            let n = self.stream.read(&mut buf).expect("a response in time");
+            assert!(n > 0, "connection closed while waiting for an ack");
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+/// Every regular file below `dir` as (path relative to `dir`, contents), sorted by path.
+pub fn files_below(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    fn walk(root: &Path, d: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if p.is_file() {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, std::fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

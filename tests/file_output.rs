@@ -1,0 +1,830 @@
+//! The file output (`@type file`, Fluentd's out_file) against the reference scenarios of
+//! `/work/shared/reference/fluentd-buffer.md`: start-up checks through `sluice --dry-run`
+//! (§8.1: 4, 6–10, 33, 34), and file names and contents through the real binary fed by the
+//! Forward protocol, flushed with SIGUSR1 and stopped with SIGTERM ("FLUSH-STOP"), compared
+//! byte for byte (§8.2: 37–55, §8.3: 57–64, §8.5: 76).
+//!
+//! The durable file buffer is not part of this build yet, so run scenarios use
+//! `<buffer> @type memory </buffer>` where the reference relies on out_file's default file
+//! buffer; file names and contents do not depend on the buffer type.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tempfile::TempDir;
+
+/// 2016-10-03 23:58:09 UTC.
+const T: i64 = 1475539089;
+
+fn tmp() -> TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+/// The reference's line(n): `2016-10-03T23:58:09+00:00\tt\t{"n":<n>}\n` (36 bytes).
+fn line(n: u32) -> String {
+    format!("2016-10-03T23:58:09+00:00\tt\t{{\"n\":{n}}}\n")
+}
+
+fn ev(record: serde_json::Value) -> (i64, u32, serde_json::Value) {
+    (T, 0, record)
+}
+
+// ------------------------------------------------------------------------------------------
+// §8.1 start-up checks (DRY)
+// ------------------------------------------------------------------------------------------
+
+/// `<match **>` of type file with `path` and the given extra lines (already indented).
+fn file_match(path: &str, extra: &str) -> String {
+    format!("<match **>\n  @type file\n  path {path}\n{extra}</match>\n")
+}
+
+const WARN_MISSING_BUFFER: &str = "default timekey interval (1d) will be used because of missing <buffer> section. To change the output frequency, please modify the timekey value";
+const WARN_NO_TIMEKEY: &str =
+    "default timekey interval (1d) will be used. To change the output frequency, please modify the timekey value";
+
+#[test]
+fn scenario_004_tag_placeholder_without_buffer_section() {
+    let d = tmp();
+    let (p, r) = dry(d.path(), "s4.conf", &file_match("/data/o/${tag}/x", ""));
+    let e = r.expect_one_error();
+    assert_eq!(
+        e.error,
+        "Parameter 'path: /data/o/${tag}/x.%Y%m%d_**.log' has tag placeholders, but chunk key 'tag' is not configured"
+    );
+    e.in_file(&p).at_line(3);
+    assert!(
+        r.has_warning(WARN_MISSING_BUFFER),
+        "missing warning: {r:#?}"
+    );
+    let warn_at = r.stderr.find(WARN_MISSING_BUFFER).unwrap();
+    let err_at = r.stderr.find("config error").unwrap();
+    assert!(warn_at < err_at, "the warning precedes the error: {r:#?}");
+}
+
+#[test]
+fn scenario_006_key_missing_from_path() {
+    let d = tmp();
+    let text = file_match(
+        "/data/o/${tag}/x",
+        "  <buffer time,tag,host>\n  </buffer>\n",
+    );
+    let (p, r) = dry(d.path(), "s6.conf", &text);
+    let e = r.expect_one_error();
+    assert_eq!(
+        e.error,
+        "Parameter 'path: /data/o/${tag}/x.%Y%m%d_**.log' doesn't have enough placeholders for keys host"
+    );
+    e.in_file(&p).at_line(3);
+}
+
+#[test]
+fn scenario_007_time_is_not_a_record_key() {
+    let d = tmp();
+    let text = file_match("/data/o/${time}/x", "  <buffer time>\n  </buffer>\n");
+    let (_, r) = dry(d.path(), "s7.conf", &text);
+    assert_eq!(
+        r.expect_one_error().error,
+        "Parameter 'path: /data/o/${time}/x.%Y%m%d_**.log' has placeholders, but chunk keys doesn't have keys time"
+    );
+}
+
+#[test]
+fn scenario_008_insufficient_timestamp_placeholders() {
+    let d = tmp();
+    let text = file_match(
+        "/data/o/%Y%m%d/file",
+        "  <buffer time>\n    timekey 1h\n  </buffer>\n",
+    );
+    let (p, r) = dry(d.path(), "s8.conf", &text);
+    let e = r.expect_one_error();
+    assert_eq!(e.error, "insufficient timestamp placeholders in path");
+    e.in_file(&p).at_line(3);
+}
+
+#[test]
+fn scenario_009_tag_part_without_tag_key() {
+    let d = tmp();
+    let text = file_match(
+        "/data/o/${tag[0]}/%Y%m%d%H",
+        "  <buffer time>\n    timekey 1h\n  </buffer>\n",
+    );
+    let (_, r) = dry(d.path(), "s9.conf", &text);
+    assert_eq!(
+        r.expect_one_error().error,
+        "Parameter 'path: /data/o/${tag[0]}/%Y%m%d%H_**.log' has tag placeholders, but chunk key 'tag' is not configured"
+    );
+}
+
+#[test]
+fn scenario_010_tag_key_without_tag_placeholder() {
+    let d = tmp();
+    let text = file_match(
+        "/data/o/x",
+        "  <buffer tag,time>\n    @type file\n    path /data/b/buf.*.dat\n    timekey 1h\n  </buffer>\n",
+    );
+    let (_, r) = dry(d.path(), "s10.conf", &text);
+    assert_eq!(
+        r.expect_one_error().error,
+        "Parameter 'path: /data/o/x.%Y%m%d%H_**.log' doesn't have tag placeholder"
+    );
+}
+
+#[test]
+fn scenario_033_star_without_time_key() {
+    let d = tmp();
+    let text = file_match("/data/o/x.*.log", "  <buffer tag>\n  </buffer>\n");
+    let (p, r) = dry(d.path(), "s33.conf", &text);
+    let e = r.expect_one_error();
+    assert_eq!(
+        e.error,
+        "BUG: configuration error must be raised for path including '*' without timekey"
+    );
+    e.in_file(&p).at_line(3);
+}
+
+fn utc_day(ts: jiff::Timestamp) -> String {
+    ts.to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y%m%d")
+        .to_string()
+}
+
+#[test]
+fn scenario_034_path_not_writable() {
+    // sluice runs as root in CI, and root may write anywhere: a directory is made
+    // unwritable by putting a regular file where the path needs a directory.
+    let d = tmp();
+    std::fs::write(d.path().join("afile"), b"not a directory").unwrap();
+    let dir = d.path().display();
+    let text = file_match(
+        &format!("{dir}/afile/sub/${{tag}}/file.%Y%m%d.log"),
+        "  <buffer time,tag>\n    @type memory\n    timekey 86400\n    timekey_zone +0000\n  </buffer>\n",
+    );
+    let before = utc_day(jiff::Timestamp::now());
+    let (p, r) = dry(d.path(), "s34.conf", &text);
+    let after = utc_day(jiff::Timestamp::now());
+    let e = r.expect_one_error();
+    let expect =
+        |day: &str| format!("out_file: `{dir}/afile/sub/a/file.{day}.log_**.log` is not writable");
+    assert!(
+        e.error == expect(&before) || e.error == expect(&after),
+        "{e:?}"
+    );
+    e.in_file(&p).at_line(3);
+}
+
+#[test]
+fn file_and_memory_buffers_accepted() {
+    let d = tmp();
+    let out = d.path().join("out");
+    let path = format!("{}/app", out.display());
+    let (_, r) = dry(d.path(), "fb1.conf", &file_match(&path, ""));
+    let (_, r2) = dry(
+        d.path(),
+        "fb2.conf",
+        &file_match(&path, "  <buffer>\n    @type file\n  </buffer>\n"),
+    );
+    // The default buffer (file) and an explicit file buffer are valid.
+    r.expect_ok();
+    r2.expect_ok();
+    // Memory buffer: valid; a <buffer> without timekey warns about the default.
+    let (_, r) = dry(
+        d.path(),
+        "mem.conf",
+        &file_match(&path, "  <buffer>\n    @type memory\n  </buffer>\n"),
+    );
+    r.expect_ok();
+    assert!(r.has_warning(WARN_NO_TIMEKEY), "{r:#?}");
+    assert!(!out.exists(), "a dry run creates nothing");
+    // secondary_file only as a <secondary>; with a file primary it is fine.
+    let (_, r) = dry(
+        d.path(),
+        "sf.conf",
+        "<match **>\n  @type secondary_file\n  directory /tmp/x\n</match>\n",
+    );
+    assert_eq!(
+        r.expect_one_error().error,
+        "This plugin can only be used in the <secondary> section"
+    );
+    let text = file_match(
+        &path,
+        &format!(
+            "  <buffer>\n    @type memory\n  </buffer>\n  <secondary>\n    @type secondary_file\n    directory {}/dump\n  </secondary>\n",
+            d.path().display()
+        ),
+    );
+    let (_, r) = dry(d.path(), "sec.conf", &text);
+    r.expect_ok();
+}
+
+// ------------------------------------------------------------------------------------------
+// Run scenarios (FLUSH-STOP)
+// ------------------------------------------------------------------------------------------
+
+/// A running sluice with a forward source and the given `<match>` sections, writing below
+/// `out`.
+struct Scenario {
+    dir: TempDir,
+    out: PathBuf,
+    daemon: Daemon,
+    client: ForwardClient,
+}
+
+impl Scenario {
+    /// Starts sluice; `$OUT` in `matches` and `system` is replaced by the output directory
+    /// and `$TMP` by the scenario's temporary directory. `prepare` runs before the start.
+    fn start_with(matches: &str, system: &str, prepare: impl FnOnce(&Path)) -> Scenario {
+        let dir = tmp();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        prepare(&out);
+        let port = free_forward_port();
+        let subst = |s: &str| {
+            s.replace("$OUT", &out.display().to_string())
+                .replace("$TMP", &dir.path().display().to_string())
+        };
+        let system = if system.is_empty() {
+            String::new()
+        } else {
+            format!("<system>\n{}\n</system>\n", subst(system))
+        };
+        let conf = format!(
+            "{system}<source>\n  @type forward\n  bind 127.0.0.1\n  port {port}\n</source>\n{}",
+            subst(matches)
+        );
+        let conf_path = write(dir.path(), "sluice.conf", &conf);
+        let daemon = Daemon::start_listening(&conf_path, &[], port);
+        let client = ForwardClient::connect(port);
+        Scenario {
+            dir,
+            out,
+            daemon,
+            client,
+        }
+    }
+
+    fn start(matches: &str) -> Scenario {
+        Scenario::start_with(matches, "", |_| {})
+    }
+
+    /// One emit, acknowledged (stored) before returning.
+    fn emit(&mut self, tag: &str, events: &[(i64, u32, serde_json::Value)]) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let id = format!("e{}", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        self.client.send_acked(tag, events, &id);
+    }
+
+    /// FLUSH-STOP: SIGUSR1, wait until every `expected` file (relative to `out`) exists, then
+    /// SIGTERM. Returns every file below `out` and sluice's stderr.
+    fn flush_stop(self, expected: &[&str]) -> (Vec<(String, Vec<u8>)>, String, TempDir) {
+        self.daemon.signal("USR1");
+        let ok = wait_until(Duration::from_secs(5), || {
+            expected.iter().all(|f| self.out.join(f).is_file())
+        });
+        let (code, stderr) = self.daemon.stop();
+        assert!(
+            ok,
+            "files {expected:?} did not appear; found {:?}\n{stderr}",
+            files_below(&self.out)
+                .iter()
+                .map(|f| &f.0)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(code, Some(0), "exit code\n{stderr}");
+        (files_below(&self.out), stderr, self.dir)
+    }
+}
+
+fn memory(arg: &str, body: &str) -> String {
+    format!("  <buffer {arg}>\n    @type memory\n{body}  </buffer>\n")
+}
+
+fn owned(files: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.as_bytes().to_vec()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn scenario_037_daily_files_in_local_time() {
+    let mut s = Scenario::start(&file_match("$OUT/app", &memory("", "")));
+    s.emit("my.tag", &[ev(json!({"a": 1}))]);
+    s.emit("my.tag", &[(1475539201, 0, json!({"a": 2}))]);
+    let (files, _, _d) = s.flush_stop(&["app.20161003_0.log", "app.20161004_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[
+            (
+                "app.20161003_0.log",
+                "2016-10-03T23:58:09+00:00\tmy.tag\t{\"a\":1}\n"
+            ),
+            (
+                "app.20161004_0.log",
+                "2016-10-04T00:00:01+00:00\tmy.tag\t{\"a\":2}\n"
+            ),
+        ])
+    );
+    assert_eq!(files[0].1.len(), 41);
+}
+
+#[test]
+fn scenario_038_utc_at_output_level() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &format!("  utc\n{}", memory("", "    timekey_use_utc true\n")),
+    ));
+    s.emit("my.tag", &[ev(json!({"a": 1}))]);
+    let (files, stderr, _d) = s.flush_stop(&["app.20161003_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[(
+            "app.20161003_0.log",
+            "2016-10-03T23:58:09Z\tmy.tag\t{\"a\":1}\n"
+        )])
+    );
+    assert!(
+        stderr.contains("'utc' is deprecated for output plugin. This parameter is used for formatter plugin in compatibility layer. If you want to use same feature, use timekey_use_utc parameter in <buffer> directive instead"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn scenario_040_tag_parts_out_of_range_are_empty() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/${tag[0]}/${tag[-1]}/${tag[3]}/x",
+        &format!("  utc\n{}", memory("tag,time", "")),
+    ));
+    s.emit("a.b.c", &[ev(json!({"a": 1}))]);
+    // `$OUT/a/c//x.20161003_0.log`: the empty part collapses on disk.
+    let (files, _, _d) = s.flush_stop(&["a/c/x.20161003_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[(
+            "a/c/x.20161003_0.log",
+            "2016-10-03T23:58:09Z\ta.b.c\t{\"a\":1}\n"
+        )])
+    );
+}
+
+#[test]
+fn scenario_045_record_field_named_tag() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/${tag}/${$.tag}/x",
+        &memory("time,tag,$.tag", ""),
+    ));
+    s.emit("ev.tag", &[ev(json!({"tag": "rec-tag"}))]);
+    s.emit("ev.tag", &[ev(json!({}))]);
+    let (files, _, _d) =
+        s.flush_stop(&["ev.tag/rec-tag/x.20161003_0.log", "ev.tag/x.20161003_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[
+            (
+                "ev.tag/rec-tag/x.20161003_0.log",
+                "2016-10-03T23:58:09+00:00\tev.tag\t{\"tag\":\"rec-tag\"}\n"
+            ),
+            (
+                "ev.tag/x.20161003_0.log",
+                "2016-10-03T23:58:09+00:00\tev.tag\t{}\n"
+            ),
+        ])
+    );
+}
+
+#[test]
+fn scenario_047_gzip() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &format!("  compress gzip\n  utc\n{}", memory("", "")),
+    ));
+    s.emit("my.tag", &[ev(json!({"a": 1}))]);
+    let (files, _, _d) = s.flush_stop(&["app.20161003_0.log.gz"]);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let (name, gz) = &files[0];
+    assert_eq!(name, "app.20161003_0.log.gz");
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "a gzip file");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(&gz[..]), &mut text)
+        .unwrap();
+    assert_eq!(text, "2016-10-03T23:58:09Z\tmy.tag\t{\"a\":1}\n");
+    assert_eq!(gz.len(), 56, "same size as Fluentd's");
+}
+
+#[test]
+fn scenario_048_star_path_hourly() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app.*.txt",
+        &format!("  utc\n{}", memory("time", "    timekey 1h\n")),
+    ));
+    s.emit("my.tag", &[ev(json!({"a": 1}))]);
+    let (files, _, _d) = s.flush_stop(&["app.2016100323_0.txt"]);
+    assert_eq!(
+        files,
+        owned(&[(
+            "app.2016100323_0.txt",
+            "2016-10-03T23:58:09Z\tmy.tag\t{\"a\":1}\n"
+        )])
+    );
+}
+
+#[test]
+fn scenario_051_chunk_id_in_path_with_append() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app.${chunk_id}",
+        &format!("  append true\n{}", memory("", "")),
+    ));
+    s.emit("t", &[ev(json!({"n": 1}))]);
+    s.daemon.signal("USR1");
+    let out = s.out.clone();
+    let named = |files: &[(String, Vec<u8>)]| {
+        files.len() == 1 && {
+            let n = &files[0].0;
+            n.len() == "app.".len() + 32 + ".20161003.log".len()
+                && n.starts_with("app.")
+                && n.ends_with(".20161003.log")
+                && n[4..36]
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        }
+    };
+    assert!(wait_until(Duration::from_secs(5), || named(&files_below(
+        &out
+    ))));
+    let (code, stderr) = s.daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    let files = files_below(&out);
+    assert!(named(&files), "{files:?}");
+    assert_eq!(files[0].1, line(1).into_bytes());
+}
+
+#[test]
+fn scenario_053_no_time_key() {
+    let matches = format!(
+        "<match x.y>\n  @type file\n  path $OUT/a/${{tag}}\n{}</match>\n<match plain>\n  @type file\n  path $OUT/b/app\n{}</match>\n",
+        memory("tag", ""),
+        memory("[]", "")
+    );
+    let mut s = Scenario::start(&matches);
+    s.emit("x.y", &[ev(json!({"n": 1}))]);
+    s.emit("plain", &[ev(json!({"n": 2}))]);
+    let (files, stderr, _d) = s.flush_stop(&["a/x.y_0.log", "b/app_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[
+            ("a/x.y_0.log", "2016-10-03T23:58:09+00:00\tx.y\t{\"n\":1}\n"),
+            (
+                "b/app_0.log",
+                "2016-10-03T23:58:09+00:00\tplain\t{\"n\":2}\n"
+            ),
+        ])
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains(WARN_NO_TIMEKEY))
+            .count(),
+        1,
+        "the <buffer tag> output warns, the <buffer []> one does not\n{stderr}"
+    );
+}
+
+/// The single `<chunk id>.log` data file of a backup directory.
+fn backup_file(dir: &Path) -> (String, Vec<u8>) {
+    let logs: Vec<(String, Vec<u8>)> = files_below(dir)
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(".log"))
+        .collect();
+    assert_eq!(
+        logs.len(),
+        1,
+        "one backed-up chunk in {}: {logs:?}",
+        dir.display()
+    );
+    logs.into_iter().next().unwrap()
+}
+
+fn is_chunk_log(name: &str) -> bool {
+    name.len() == 36 && name.ends_with(".log") && name[..32].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[test]
+fn scenario_054_tag_traversal_goes_to_backup() {
+    let matches = format!(
+        "<match **>\n  @type file\n  @id trav\n  path $OUT/logs/${{tag}}\n{}</match>\n",
+        memory("tag", "")
+    );
+    let mut s = Scenario::start_with(&matches, "  root_dir $TMP/root", |_| {});
+    s.emit("../evil", &[ev(json!({"n": 1}))]);
+    s.emit("ok.tag", &[ev(json!({"n": 2}))]);
+    let root = s.dir.path().join("root");
+    let backup = root.join("backup/worker0/trav");
+    s.daemon.signal("USR1");
+    assert!(wait_until(Duration::from_secs(5), || {
+        s.out.join("logs/ok.tag_0.log").is_file() && files_below(&backup).len() >= 2
+    }));
+    let out = s.out.clone();
+    let (code, stderr) = s.daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        files_below(&out),
+        owned(&[(
+            "logs/ok.tag_0.log",
+            "2016-10-03T23:58:09+00:00\tok.tag\t{\"n\":2}\n"
+        )])
+    );
+    let (name, data) = backup_file(&backup);
+    assert!(is_chunk_log(&name), "{name}");
+    assert_eq!(data, b"2016-10-03T23:58:09+00:00\t../evil\t{\"n\":1}\n");
+    let warn = stderr
+        .lines()
+        .find(|l| l.contains("got unrecoverable error in primary and no secondary"))
+        .unwrap_or_else(|| panic!("no unrecoverable warning:\n{stderr}"));
+    assert!(
+        warn.contains("Invalid path component detected in tag: ../evil"),
+        "{warn}"
+    );
+}
+
+#[test]
+fn scenario_055_value_traversal_goes_to_backup() {
+    let matches = format!(
+        "<match **>\n  @type file\n  path $OUT/${{svc}}/x\n{}</match>\n",
+        memory("time,svc", "")
+    );
+    let mut s = Scenario::start_with(&matches, "  root_dir $TMP/root", |_| {});
+    s.emit("t", &[ev(json!({"svc": "../etc"}))]);
+    s.emit("t", &[ev(json!({"svc": "ok"}))]);
+    let workers = s.dir.path().join("root/backup/worker0");
+    s.daemon.signal("USR1");
+    assert!(wait_until(Duration::from_secs(5), || {
+        s.out.join("ok/x.20161003_0.log").is_file() && files_below(&workers).len() >= 2
+    }));
+    let out = s.out.clone();
+    let (code, stderr) = s.daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        files_below(&out),
+        owned(&[(
+            "ok/x.20161003_0.log",
+            "2016-10-03T23:58:09+00:00\tt\t{\"svc\":\"ok\"}\n"
+        )])
+    );
+    // Without @id the directory is object_<hex>.
+    let ids: Vec<String> = std::fs::read_dir(&workers)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(ids[0].starts_with("object_"), "{ids:?}");
+    let (name, data) = backup_file(&workers.join(&ids[0]));
+    assert!(is_chunk_log(&name), "{name}");
+    assert_eq!(
+        data,
+        b"2016-10-03T23:58:09+00:00\tt\t{\"svc\":\"../etc\"}\n"
+    );
+    assert!(
+        stderr.contains("Invalid path component detected in ${svc}: ../etc"),
+        "{stderr}"
+    );
+}
+
+fn lines(ns: &[u32]) -> String {
+    ns.iter().map(|n| line(*n)).collect()
+}
+
+#[test]
+fn scenario_057_chunk_limit_records_one_emit() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &memory("", "    chunk_limit_records 2\n"),
+    ));
+    let events: Vec<_> = (1..=5).map(|n| ev(json!({ "n": n }))).collect();
+    s.emit("t", &events);
+    let names = [
+        "app.20161003_0.log",
+        "app.20161003_1.log",
+        "app.20161003_2.log",
+    ];
+    let (files, _, _d) = s.flush_stop(&names);
+    assert_eq!(
+        files,
+        owned(&[
+            (names[0], &lines(&[1, 2])),
+            (names[1], &lines(&[3, 4])),
+            (names[2], &lines(&[5])),
+        ])
+    );
+}
+
+#[test]
+fn scenario_058_chunk_limit_records_separate_emits() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &memory("", "    chunk_limit_records 2\n"),
+    ));
+    for n in 1..=5 {
+        s.emit("t", &[ev(json!({ "n": n }))]);
+    }
+    let names = [
+        "app.20161003_0.log",
+        "app.20161003_1.log",
+        "app.20161003_2.log",
+    ];
+    let (files, _, _d) = s.flush_stop(&names);
+    assert_eq!(
+        files,
+        owned(&[
+            (names[0], &lines(&[1, 2])),
+            (names[1], &lines(&[3, 4])),
+            (names[2], &lines(&[5])),
+        ])
+    );
+}
+
+#[test]
+fn scenario_060_oversized_records_are_skipped() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &memory("", "    chunk_limit_size 100\n"),
+    ));
+    s.emit(
+        "t",
+        &[
+            ev(json!({"n": 1})),
+            ev(json!({"big": "x".repeat(200)})),
+            ev(json!({"n": 3})),
+            ev(json!({"big2": "y".repeat(300)})),
+        ],
+    );
+    let (files, stderr, _d) = s.flush_stop(&["app.20161003_0.log"]);
+    assert_eq!(files, owned(&[("app.20161003_0.log", &lines(&[1, 3]))]));
+    assert!(
+        stderr.contains("a 239 bytes record (nth: 1) is larger than buffer chunk limit size (100), a 340 bytes record (nth: 3) is larger than buffer chunk limit size (100)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn scenario_061_not_full_below_threshold() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &memory("", "    chunk_limit_size 200\n"),
+    ));
+    for n in 1..=5 {
+        s.emit("t", &[ev(json!({ "n": n }))]);
+    }
+    let (files, _, _d) = s.flush_stop(&["app.20161003_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[("app.20161003_0.log", &lines(&[1, 2, 3, 4, 5]))])
+    );
+    assert_eq!(files[0].1.len(), 180);
+}
+
+#[test]
+fn scenario_064_immediate_mode() {
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &memory("", "    flush_mode immediate\n"),
+    ));
+    for n in 1..=3 {
+        s.emit("t", &[ev(json!({ "n": n }))]);
+    }
+    let names = [
+        "app.20161003_0.log",
+        "app.20161003_1.log",
+        "app.20161003_2.log",
+    ];
+    let (files, _, _d) = s.flush_stop(&names);
+    assert_eq!(
+        files,
+        owned(&[
+            (names[0], &line(1)),
+            (names[1], &line(2)),
+            (names[2], &line(3)),
+        ])
+    );
+}
+
+#[test]
+fn scenario_076_overflow_with_a_hard_total_limit() {
+    // §8.5: the destination directory `$OUT/t` is blocked by a regular file, so every flush
+    // fails; sluice's total_limit_size is hard, so emits 6-8 are refused (Fluentd's soft
+    // limit accepts emit 6).
+    let matches = file_match(
+        "$OUT/${tag}/x",
+        &memory(
+            "tag",
+            "    chunk_limit_size 100\n    total_limit_size 200\n    flush_mode lazy\n",
+        ),
+    );
+    let mut s = Scenario::start_with(&matches, "  root_dir $TMP/root", |out| {
+        std::fs::write(out.join("t"), b"in the way").unwrap();
+    });
+    for n in 1..=5 {
+        s.emit("t", &[ev(json!({ "n": n }))]);
+    }
+    for n in 6..=8 {
+        s.client
+            .send_with_ack("t", &[ev(json!({ "n": n }))], &format!("refused-{n}"));
+    }
+    let refused = "failed to write data into buffer by buffer overflow action=:throw_exception";
+    assert!(
+        wait_until(Duration::from_secs(5), || s.daemon.count_in_stderr(refused)
+            == 3),
+        "{}",
+        s.daemon.stderr()
+    );
+    assert!(
+        s.daemon.stderr().contains("buffer space has too many data"),
+        "{}",
+        s.daemon.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || s
+            .daemon
+            .stderr()
+            .contains("failed to flush the buffer")),
+        "the first chunk's flush failed: {}",
+        s.daemon.stderr()
+    );
+    // Repair the destination, then FLUSH-STOP.
+    std::fs::remove_file(s.out.join("t")).unwrap();
+    let (files, stderr, d) = s.flush_stop(&["t/x_0.log", "t/x_1.log", "t/x_2.log"]);
+    assert_eq!(
+        files,
+        owned(&[
+            ("t/x_0.log", &lines(&[1, 2])),
+            ("t/x_1.log", &lines(&[3, 4])),
+            ("t/x_2.log", &lines(&[5])),
+        ])
+    );
+    assert!(stderr.contains("retry succeeded."), "{stderr}");
+    assert!(
+        !d.path().join("root/backup").exists(),
+        "nothing was backed up"
+    );
+}
+
+#[test]
+fn file_secondary_checks_use_the_primary_chunk_keys() {
+    let d = tmp();
+    let text = file_match(
+        "/data/o/${tag}/x",
+        "  <buffer tag>\n    @type memory\n  </buffer>\n  <secondary>\n    path /data/s/%Y%m%d/y\n  </secondary>\n",
+    );
+    let (p, r) = dry(d.path(), "sec_time.conf", &text);
+    let e = r.expect_one_error();
+    assert_eq!(
+        e.error,
+        "Parameter 'path: /data/s/%Y%m%d/y_**.log' has timestamp placeholders, but chunk key 'time' is not configured"
+    );
+    e.in_file(&p).at_line(8);
+    let text = file_match(
+        "/data/o/${tag}/x",
+        "  <buffer tag>\n    @type memory\n  </buffer>\n  <secondary>\n    @type secondary_file\n    directory /data/s/${host}\n  </secondary>\n",
+    );
+    let (_, r) = dry(d.path(), "sec_var.conf", &text);
+    assert_eq!(
+        r.expect_one_error().error,
+        "out_secondary_file: basename or directory has an incompatible placeholder host, remove variable placeholder, like `${varname}`, from basename or directory"
+    );
+}
+
+#[test]
+fn unrecoverable_chunk_is_written_by_secondary_file() {
+    let matches = format!(
+        "<match **>\n  @type file\n  path $OUT/logs/${{tag}}\n{}  <secondary>\n    @type secondary_file\n    directory $OUT/dump\n  </secondary>\n</match>\n",
+        memory("tag", "")
+    );
+    let mut s = Scenario::start_with(&matches, "  root_dir $TMP/root", |_| {});
+    s.emit("../evil", &[ev(json!({"n": 1}))]);
+    s.emit("ok", &[ev(json!({"n": 2}))]);
+    let (files, stderr, d) = s.flush_stop(&["dump/dump.bin.0", "logs/ok_0.log"]);
+    assert_eq!(
+        files,
+        owned(&[
+            (
+                "dump/dump.bin.0",
+                "2016-10-03T23:58:09+00:00\t../evil\t{\"n\":1}\n"
+            ),
+            (
+                "logs/ok_0.log",
+                "2016-10-03T23:58:09+00:00\tok\t{\"n\":2}\n"
+            ),
+        ])
+    );
+    assert!(
+        stderr.contains(
+            "got unrecoverable error in primary. Skip retry and flush chunk to secondary"
+        ),
+        "{stderr}"
+    );
+    assert!(!d.path().join("root/backup").exists());
+}
