@@ -332,40 +332,62 @@ impl Disk {
             .map_err(|e| io_failure("write", path, e))
     }
 
-    /// Writes `content` to the first `name(i)`, i = 0, 1, …, that does not exist, creating it
-    /// exclusively (so concurrent writers never pick the same file). Returns the path.
+    /// Writes `content` to the first `name(i)`, i = 0, 1, …, that does not exist, and returns
+    /// the path. The content is written and synced under a temporary name in the same directory
+    /// and then linked to its final name, which fails if the name exists: a crash mid-write
+    /// never leaves a torn output file (at most a hidden temporary one), and concurrent writers
+    /// never pick the same file.
     fn create_first_free(
         &self,
         name: impl Fn(u64) -> String,
         content: &[u8],
     ) -> Result<PathBuf, ChunkWriteError> {
+        static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut i = 0u64;
-        loop {
+        let mut tmp: Option<PathBuf> = None;
+        let result = loop {
             let path = PathBuf::from(name(i));
             i += 1;
             if path.exists() {
                 continue;
             }
-            mkdir_p(dirname(&path), self.dir_mode).map_err(|e| io_failure("mkdir_p", &path, e))?;
-            let mut f = match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(self.file_mode)
-                .open(&path)
-            {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_failure("rb_sysopen", &path, e)),
-            };
-            return match f.write_all(content).and_then(|_| f.sync_data()) {
-                Ok(()) => Ok(path),
-                Err(e) => {
-                    // Leave no partial file behind: the chunk is retried whole.
-                    let _ = std::fs::remove_file(&path);
-                    Err(io_failure("write", &path, e))
+            let dir = dirname(&path).to_path_buf();
+            mkdir_p(&dir, self.dir_mode).map_err(|e| io_failure("mkdir_p", &path, e))?;
+            if tmp.as_ref().is_none_or(|t| dirname(t) != dir) {
+                if let Some(old) = tmp.take() {
+                    let _ = std::fs::remove_file(old);
                 }
-            };
+                let n = TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let t = dir.join(format!(".sluice-tmp-{}-{n}", std::process::id()));
+                let written = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(self.file_mode)
+                    .open(&t)
+                    .and_then(|mut f| f.write_all(content).and_then(|_| f.sync_data()));
+                if let Err(e) = written {
+                    let _ = std::fs::remove_file(&t);
+                    break Err(io_failure("write", &path, e));
+                }
+                tmp = Some(t);
+            }
+            match std::fs::hard_link(tmp.as_ref().expect("written above"), &path) {
+                Ok(()) => {
+                    // The new name must survive a power loss before the chunk is purged.
+                    let synced = std::fs::File::open(&dir).and_then(|d| d.sync_all());
+                    break synced
+                        .map(|_| path.clone())
+                        .map_err(|e| io_failure("fsync", &dir, e));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => break Err(io_failure("link", &path, e)),
+            }
+        };
+        if let Some(t) = tmp {
+            let _ = std::fs::remove_file(t);
         }
+        result
     }
 }
 
