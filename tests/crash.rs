@@ -54,7 +54,7 @@ fn send_batch(port: u16, b: u64) -> Result<(), String> {
     loop {
         if let Ok(end) = sluice::msgpack::skip(&got, 0) {
             let v = sluice::msgpack::to_json_value(&got[..end]).map_err(|e| e.to_string())?;
-            return if v["ack"] == serde_json::Value::from(chunk.clone()) {
+            return if v["ack"] == chunk.as_str() {
                 Ok(())
             } else {
                 Err(format!("unexpected response {v}"))
