@@ -5,8 +5,8 @@
 //! from Fluentd, the tests assert sluice's behaviour; everywhere else they assert Fluentd's exact
 //! message text.
 //!
-//! Not covered here (they concern the file output, which does not exist yet):
-//! scenarios 4, 6, 7, 8, 9, 10, 23, 33, 34.
+//! Not covered here: the file-output scenarios 4, 6, 7, 8, 9, 10, 33 and 34 are in
+//! `tests/file_output.rs`; scenario 23 (shared buffer path) is checked in `src/output/mod.rs`.
 
 mod common;
 
@@ -244,6 +244,31 @@ fn scenario_022_timekey_zone() {
         e.in_file(&p)
             .at_line(line_of(&text, &format!("timekey_zone {z}")));
     }
+}
+
+#[test]
+fn scenario_023_two_file_buffers_share_a_path() {
+    let d = tmp();
+    let shared = d.path().join("sharedbuf");
+    let out = |name: &str| {
+        format!(
+            "<match {name}.**>\n  @type file\n  path {}/{name}\n  <buffer>\n    @type file\n    path {}\n  </buffer>\n</match>\n",
+            d.path().display(),
+            shared.display()
+        )
+    };
+    let (p, r) = dry(d.path(), "s23.conf", &format!("{}{}", out("a"), out("b")));
+    let e = r.expect_one_error();
+    assert_eq!(
+        e.error,
+        format!(
+            "Other 'file' plugin already use same buffer path: type = file, buffer path = {}",
+            shared.display()
+        )
+    );
+    // At the second plugin's buffer path.
+    e.in_file(&p).at_line(14);
+    assert!(!shared.exists(), "a dry run creates no buffer directory");
 }
 
 #[test]
