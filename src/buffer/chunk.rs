@@ -71,6 +71,9 @@ pub struct Chunk {
     unpersisted_records: u64,
     /// The file of a file-buffer chunk.
     pub backing: Option<FileBacking>,
+    /// How appends are compressed (a chunk resumed from disk keeps the compression it was
+    /// written with).
+    pub compress: Compress,
 }
 
 impl Chunk {
@@ -89,6 +92,7 @@ impl Chunk {
             committed_records: 0,
             unpersisted_records: 0,
             backing: None,
+            compress: Compress::Text,
         }
     }
 

@@ -65,9 +65,10 @@ pub enum RetryType {
 }
 
 /// Compression of chunk contents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compress {
     /// None.
+    #[default]
     Text,
     /// Each write is a gzip member.
     Gzip,

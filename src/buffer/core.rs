@@ -129,6 +129,8 @@ pub struct FlushChunk {
     pub records: u64,
     /// Creation time.
     pub created: i64,
+    /// How `bytes` is compressed.
+    pub compress: Compress,
 }
 
 /// The limits and modes the write and enqueue rules need.
@@ -188,6 +190,8 @@ impl BufferLimits {
 
 #[derive(Debug, Default)]
 struct State {
+    /// Compression of new chunks.
+    compress: Compress,
     /// The file buffer, when chunks live on disk.
     store: Option<Arc<FileStore>>,
     /// Files written since the last sync pass.
@@ -237,10 +241,12 @@ impl State {
     }
 
     fn new_chunk(&self, meta: &Metadata, state: ChunkState, now: i64) -> Chunk {
-        match &self.store {
-            Some(s) => s.new_chunk(meta, state, now),
+        let mut c = match &self.store {
+            Some(s) => s.new_chunk(meta, state, now, self.compress),
             None => Chunk::new(ChunkId::now(), meta.clone(), state, now),
-        }
+        };
+        c.compress = self.compress;
+        c
     }
 
     fn stage_new(&mut self, meta: &Metadata, now: i64) {
@@ -291,11 +297,15 @@ impl Buffer {
     /// An empty buffer. `standard_format` is true for outputs whose chunks hold MessagePack
     /// entries rather than formatted records.
     pub fn new(limits: BufferLimits, standard_format: bool, clock: Arc<dyn Clock>) -> Buffer {
+        let compress = limits.compress;
         Buffer {
             limits,
             standard_format,
             clock,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                compress,
+                ..State::default()
+            }),
             space_freed: tokio::sync::Notify::new(),
         }
     }
@@ -518,6 +528,8 @@ impl Buffer {
         clock: Arc<dyn Clock>,
         store: FileStore,
     ) -> std::io::Result<(Buffer, Vec<super::file::BrokenChunk>)> {
+        let mut store = store;
+        store.formatted = !standard_format;
         let resumed = store.resume()?;
         let buffer = Buffer::new(limits, standard_format, clock);
         let store = Arc::new(store);
@@ -528,7 +540,8 @@ impl Buffer {
             let mut queue: Vec<Chunk> = resumed.queued;
             queue.extend(extra);
             for c in staged {
-                if buffer.limits.full(&c) {
+                // A chunk written with another compression takes no appends of this one.
+                if buffer.limits.full(&c) || c.compress != buffer.limits.compress {
                     queue.push(c);
                 } else {
                     st.stage_order.push(c.metadata.clone());
@@ -766,6 +779,7 @@ impl Buffer {
             bytes,
             records: c.records(),
             created: c.created,
+            compress: c.compress,
         };
         st.in_flight.insert(c.id, c);
         Some(fc)
@@ -820,6 +834,7 @@ impl Buffer {
             bytes,
             records: c.records(),
             created: c.created,
+            compress: c.compress,
         })
     }
 
@@ -845,6 +860,7 @@ impl Buffer {
                 bytes,
                 records: c.records(),
                 created: c.created,
+                compress: c.compress,
             });
         }
         drop(st);

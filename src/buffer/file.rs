@@ -33,6 +33,7 @@ use bytes::Bytes;
 
 use super::chunk::{read_records, Chunk, ChunkState, FileBacking};
 use super::chunk_id::ChunkId;
+use super::config::Compress;
 use super::metadata::Metadata;
 use super::wal;
 use crate::msgpack;
@@ -140,6 +141,9 @@ pub struct FileStore {
     pub damaged_frames: AtomicU64,
     /// Bytes cut out during resume.
     pub damaged_bytes: AtomicU64,
+    /// Whether chunks hold formatted records (else MessagePack entries); recorded in headers
+    /// for `sluice buffer cat`.
+    pub formatted: bool,
 }
 
 impl FileStore {
@@ -181,20 +185,34 @@ impl FileStore {
             _lock: lock,
             damaged_frames: AtomicU64::new(0),
             damaged_bytes: AtomicU64::new(0),
+            formatted: false,
         })
     }
 
     /// A new empty file-backed chunk (its file is created at the first persist).
-    pub fn new_chunk(&self, meta: &Metadata, state: ChunkState, now: i64) -> Chunk {
+    pub fn new_chunk(
+        &self,
+        meta: &Metadata,
+        state: ChunkState,
+        now: i64,
+        compress: Compress,
+    ) -> Chunk {
         let id = ChunkId::now();
         let mut c = Chunk::new(id, meta.clone(), state, now);
+        c.compress = compress;
         c.backing = Some(FileBacking {
             path: self.layout.chunk_path('b', id),
             disk_len: 0,
             disk_records: 0,
             file_len: 0,
             file: None,
-            header: encode_header(id, meta, now),
+            header: encode_header(&Header {
+                id,
+                metadata: meta.clone(),
+                created: now,
+                compress,
+                formatted: self.formatted,
+            }),
             mode: self.file_mode,
         });
         c
@@ -265,7 +283,7 @@ impl FileStore {
                             [f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize],
                     )
                 });
-            let Some((hid, meta, created)) = header.filter(|h| h.0 == id) else {
+            let Some(h) = header.filter(|h| h.id == id) else {
                 tracing::error!(path = %path.display(), "found broken chunk file during resume: no readable metadata");
                 out.broken.push(BrokenChunk {
                     id,
@@ -295,18 +313,19 @@ impl FileStore {
             let modified = mtime
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
-                .unwrap_or(created);
+                .unwrap_or(h.created);
             let mut c = Chunk::new(
-                hid,
-                meta.clone(),
+                h.id,
+                h.metadata.clone(),
                 if state == 'b' {
                     ChunkState::Staged
                 } else {
                     ChunkState::Queued
                 },
-                created,
+                h.created,
             );
             c.modified = modified;
+            c.compress = h.compress;
             c.set_resumed(records.len() as u64, count);
             c.backing = Some(FileBacking {
                 path: path.clone(),
@@ -314,7 +333,7 @@ impl FileStore {
                 disk_records: count,
                 file_len: if state == 'b' { end } else { file_len },
                 file: None,
-                header: encode_header(hid, &meta, created),
+                header: encode_header(&h),
                 mode: self.file_mode,
             });
             tracing::debug!(path = %path.display(), records = count, "restoring buffer file");
@@ -352,15 +371,32 @@ pub struct BrokenChunk {
     pub count: u64,
 }
 
-/// Encodes the header frame's payload: id, created, timekey, tag, variables.
-pub fn encode_header(id: ChunkId, meta: &Metadata, created: i64) -> Vec<u8> {
+/// What a chunk file's header frame says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    /// The chunk id (also in the file name).
+    pub id: ChunkId,
+    /// Chunk keys.
+    pub metadata: Metadata,
+    /// Creation time, epoch seconds.
+    pub created: i64,
+    /// How each records frame's bytes are compressed.
+    pub compress: Compress,
+    /// Formatted records (else MessagePack `[time, record]` entries).
+    pub formatted: bool,
+}
+
+/// Encodes the header frame's payload: a MessagePack map of id, created, timekey, tag,
+/// variables, compress and format.
+pub fn encode_header(h: &Header) -> Vec<u8> {
     use rmp::encode as e;
     let mut out = Vec::new();
-    let _ = e::write_map_len(&mut out, 5);
+    let meta = &h.metadata;
+    let _ = e::write_map_len(&mut out, 7);
     let _ = e::write_str(&mut out, "id");
-    let _ = e::write_bin(&mut out, &id.0);
+    let _ = e::write_bin(&mut out, &h.id.0);
     let _ = e::write_str(&mut out, "created");
-    let _ = e::write_sint(&mut out, created);
+    let _ = e::write_sint(&mut out, h.created);
     let _ = e::write_str(&mut out, "timekey");
     match meta.timekey {
         Some(t) => {
@@ -385,11 +421,22 @@ pub fn encode_header(id: ChunkId, meta: &Metadata, created: i64) -> Vec<u8> {
         let _ = e::write_str(&mut out, k);
         out.extend_from_slice(v);
     }
+    let _ = e::write_str(&mut out, "compress");
+    let _ = e::write_str(
+        &mut out,
+        match h.compress {
+            Compress::Text => "text",
+            Compress::Gzip => "gzip",
+            Compress::Zstd => "zstd",
+        },
+    );
+    let _ = e::write_str(&mut out, "format");
+    let _ = e::write_str(&mut out, if h.formatted { "formatted" } else { "msgpack" });
     out
 }
 
 /// Decodes a header payload.
-pub fn decode_header(p: &[u8]) -> Option<(ChunkId, Metadata, i64)> {
+pub fn decode_header(p: &[u8]) -> Option<Header> {
     let id = msgpack::as_bytes(msgpack::map_get(p, "id").ok()??, 0)?;
     let id = ChunkId(id.try_into().ok()?);
     let int = |k: &str| -> Option<Option<i64>> {
@@ -400,12 +447,15 @@ pub fn decode_header(p: &[u8]) -> Option<(ChunkId, Metadata, i64)> {
             _ => None,
         }
     };
+    let text = |k: &str| {
+        msgpack::map_get(p, k)
+            .ok()
+            .flatten()
+            .and_then(|v| msgpack::as_str(v, 0))
+    };
     let created = int("created")??;
     let timekey = int("timekey")?;
-    let tag = msgpack::map_get(p, "tag")
-        .ok()?
-        .and_then(|v| msgpack::as_str(v, 0))
-        .map(std::sync::Arc::from);
+    let tag = text("tag").map(std::sync::Arc::from);
     let mut variables = Vec::new();
     if let Some(vars) = msgpack::map_get(p, "variables").ok()? {
         for e in msgpack::map_entries(vars).ok()? {
@@ -415,15 +465,23 @@ pub fn decode_header(p: &[u8]) -> Option<(ChunkId, Metadata, i64)> {
             ));
         }
     }
-    Some((
+    let compress = match text("compress") {
+        None | Some("text") => Compress::Text,
+        Some("gzip") => Compress::Gzip,
+        Some("zstd") => Compress::Zstd,
+        Some(_) => return None,
+    };
+    Some(Header {
         id,
-        Metadata {
+        metadata: Metadata {
             timekey,
             tag,
             variables,
         },
         created,
-    ))
+        compress,
+        formatted: text("format") == Some("formatted"),
+    })
 }
 
 /// Groups resumed staged chunks: the first of each metadata stays staged, later ones (and
@@ -480,10 +538,14 @@ mod tests {
                 Bytes::from_static(&[0xa3, b'a', b'p', b'i']),
             )],
         };
-        assert_eq!(
-            decode_header(&encode_header(id, &meta, 42)),
-            Some((id, meta, 42))
-        );
+        let h = Header {
+            id,
+            metadata: meta,
+            created: 42,
+            compress: Compress::Gzip,
+            formatted: true,
+        };
+        assert_eq!(decode_header(&encode_header(&h)), Some(h));
         assert_eq!(decode_header(&[0x80]), None);
     }
 
@@ -504,7 +566,7 @@ mod tests {
 #[cfg(test)]
 mod resume_tests {
     use super::*;
-    use crate::buffer::config::{Compress, FlushMode};
+    use crate::buffer::config::FlushMode;
     use crate::buffer::core::{Buffer, BufferLimits, Group};
     use crate::time::FakeClock;
     use proptest::prelude::*;

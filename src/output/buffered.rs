@@ -275,6 +275,8 @@ impl BufferedOutput {
                 bytes: b.records,
                 records: b.count,
                 created: 0,
+                // Without a header the compression is unknown: assume the configured one.
+                compress: self.cfg.compress,
             };
             self.backup(&chunk, "found broken chunk file during resume");
             let _ = std::fs::remove_file(&b.path);
@@ -540,8 +542,8 @@ impl BufferedOutput {
 
     fn write_chunk(&self, chunk: FlushChunk) -> WriteChunk {
         WriteChunk {
+            compress: chunk.compress,
             chunk,
-            compress: self.cfg.compress,
             formatted: self.primary.formats(),
             decompression_limit: self.cfg.decompression_size_limit,
         }

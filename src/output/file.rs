@@ -1304,6 +1304,7 @@ mod tests {
                 bytes: Bytes::from(stored),
                 records: 1,
                 created: 0,
+                compress,
             },
             compress,
             formatted: true,
