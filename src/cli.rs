@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Element, Unused};
 
@@ -38,6 +38,82 @@ pub struct Args {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Tools instead of running a pipeline.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `sluice <command>`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Look into and repair buffer directories (safe next to a running sluice, except requeue).
+    #[command(subcommand)]
+    Buffer(BufferCommand),
+}
+
+/// `sluice buffer <command>`.
+#[derive(Debug, Subcommand)]
+pub enum BufferCommand {
+    /// List chunks: id, state, metadata, bytes, records, age.
+    Ls {
+        /// The buffer `path` (directory or pattern, as in `<buffer>`).
+        path: String,
+    },
+    /// Print a chunk's records (MessagePack chunks as JSON lines).
+    Cat {
+        /// The buffer `path`.
+        path: String,
+        /// The chunk id (32 hex characters).
+        id: String,
+    },
+    /// Check every chunk file's checksums; exit 1 when something is damaged.
+    Verify {
+        /// The buffer `path`.
+        path: String,
+    },
+    /// Put backed-up chunks back into a buffer, to be written at the next start (refused while
+    /// sluice owns the buffer).
+    Requeue {
+        /// A backup directory (`…/backup/worker0/<plugin id>`).
+        backup_dir: String,
+        /// The buffer `path`.
+        path: String,
+    },
+}
+
+/// Runs a `sluice buffer` command; returns the process exit code.
+pub fn run_buffer_command(cmd: &BufferCommand) -> u8 {
+    use crate::buffer::tool;
+    use std::io::Write;
+    let result: Result<(Vec<u8>, bool), String> = match cmd {
+        BufferCommand::Ls { path } => tool::ls(path)
+            .map(|s| (s.into_bytes(), true))
+            .map_err(|e| e.to_string()),
+        BufferCommand::Cat { path, id } => tool::cat(path, id)
+            .map(|b| (b, true))
+            .map_err(|e| e.to_string()),
+        BufferCommand::Verify { path } => tool::verify(path)
+            .map(|(s, ok)| (s.into_bytes(), ok))
+            .map_err(|e| e.to_string()),
+        BufferCommand::Requeue { backup_dir, path } => {
+            tool::requeue(backup_dir, path).map(|s| (s.into_bytes(), true))
+        }
+    };
+    match result {
+        Ok((out, ok)) => {
+            let _ = std::io::stdout().write_all(&out);
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("sluice buffer: {e}");
+            1
+        }
+    }
 }
 
 /// Log line formats.

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(cli::Command::Buffer(cmd)) = &args.command {
+        return Ok(ExitCode::from(cli::run_buffer_command(cmd)));
+    }
     // Logging first, so warnings of the parser are seen; `<system> log_level` applies after.
     let handle = cli::init_logging(args.level_override().unwrap_or("info"), args.log_format);
     let parsed = match &args.config {

@@ -9,4 +9,5 @@ pub mod config;
 pub mod core;
 pub mod file;
 pub mod metadata;
+pub mod tool;
 pub mod wal;
