@@ -74,6 +74,10 @@ pub struct Chunk {
     /// How appends are compressed (a chunk resumed from disk keeps the compression it was
     /// written with).
     pub compress: Compress,
+    /// The last delivery record an output made for this chunk (see [`FlushChunk::delivery`]).
+    ///
+    /// [`FlushChunk::delivery`]: super::core::FlushChunk::delivery
+    pub delivery: Option<Bytes>,
 }
 
 impl Chunk {
@@ -93,7 +97,24 @@ impl Chunk {
             unpersisted_records: 0,
             backing: None,
             compress: Compress::Text,
+            delivery: None,
         }
+    }
+
+    /// Records where an output is delivering this chunk: in memory, and for file chunks as a
+    /// synced frame, so it survives a crash.
+    pub fn record_delivery(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        if let Some(b) = self.backing.as_mut() {
+            use std::os::unix::fs::FileExt;
+            let mut frame = Vec::with_capacity(payload.len() + super::wal::HEADER_LEN);
+            super::wal::encode(super::wal::FrameKind::Delivery, payload, &mut frame);
+            let f = std::fs::OpenOptions::new().write(true).open(&b.path)?;
+            f.write_all_at(&frame, b.file_len)?;
+            f.sync_data()?;
+            b.file_len += frame.len() as u64;
+        }
+        self.delivery = Some(Bytes::copy_from_slice(payload));
+        Ok(())
     }
 
     /// State of a chunk loaded from disk: `bytes` data bytes and `records` records, all on disk.

@@ -131,6 +131,9 @@ pub struct FlushChunk {
     pub created: i64,
     /// How `bytes` is compressed.
     pub compress: Compress,
+    /// The last delivery record an output wrote for this chunk before a crash or a failed
+    /// attempt: an output that can check its destination uses it to write exactly once.
+    pub delivery: Option<Bytes>,
 }
 
 /// The limits and modes the write and enqueue rules need.
@@ -780,9 +783,22 @@ impl Buffer {
             records: c.records(),
             created: c.created,
             compress: c.compress,
+            delivery: c.delivery.clone(),
         };
         st.in_flight.insert(c.id, c);
         Some(fc)
+    }
+
+    /// Records, before an output delivers an in-flight chunk, where it is delivering it (synced
+    /// to the chunk file for file buffers).
+    pub fn record_delivery(&self, id: ChunkId, payload: &[u8]) -> std::io::Result<()> {
+        let mut st = self.lock();
+        match st.in_flight.get_mut(&id) {
+            Some(c) => c.record_delivery(payload),
+            None => Err(std::io::Error::other(format!(
+                "chunk {id} is not in flight"
+            ))),
+        }
     }
 
     /// Removes a written chunk. Returns false when it was not in flight.
@@ -835,6 +851,7 @@ impl Buffer {
             records: c.records(),
             created: c.created,
             compress: c.compress,
+            delivery: c.delivery.clone(),
         })
     }
 
@@ -861,6 +878,7 @@ impl Buffer {
                 records: c.records(),
                 created: c.created,
                 compress: c.compress,
+                delivery: c.delivery.clone(),
             });
         }
         drop(st);

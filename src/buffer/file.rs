@@ -326,6 +326,17 @@ impl FileStore {
             );
             c.modified = modified;
             c.compress = h.compress;
+            c.delivery = scan
+                .frames
+                .iter()
+                .rev()
+                .find(|f| f.kind == wal::FrameKind::Delivery)
+                .map(|f| {
+                    Bytes::copy_from_slice(
+                        &data
+                            [f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize],
+                    )
+                });
             c.set_resumed(records.len() as u64, count);
             c.backing = Some(FileBacking {
                 path: path.clone(),

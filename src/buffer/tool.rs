@@ -71,6 +71,7 @@ pub fn chunks(path: &str) -> std::io::Result<Vec<ChunkInfo>> {
                         bytes += r.len() as u64;
                     }
                 }
+                wal::FrameKind::Delivery => {}
             }
         }
         let age = entry

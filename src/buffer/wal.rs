@@ -32,6 +32,9 @@ pub enum FrameKind {
     Header,
     /// Committed records.
     Records,
+    /// Where an output is delivering the chunk (written before the delivery, so a retry after a
+    /// crash can tell whether it already happened).
+    Delivery,
 }
 
 impl FrameKind {
@@ -39,6 +42,7 @@ impl FrameKind {
         match self {
             FrameKind::Header => 1,
             FrameKind::Records => 2,
+            FrameKind::Delivery => 3,
         }
     }
 
@@ -46,6 +50,7 @@ impl FrameKind {
         match b {
             1 => Some(FrameKind::Header),
             2 => Some(FrameKind::Records),
+            3 => Some(FrameKind::Delivery),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 //! shutdown signal flips.
 
 pub mod forward;
+pub mod http;
 pub mod sample;
 pub mod unix;
 
@@ -33,7 +34,7 @@ pub trait Input: Send + Sync + std::fmt::Debug {
 }
 
 /// Input types this build knows (`dummy` is the old name of `sample`).
-pub const TYPES: &[&str] = &["dummy", "forward", "sample", "unix"];
+pub const TYPES: &[&str] = &["dummy", "forward", "http", "sample", "unix"];
 
 /// Builds the input a `<source>` section describes.
 pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
@@ -46,6 +47,7 @@ pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
     match type_name.as_str() {
         "sample" | "dummy" => Ok(Arc::new(sample::Sample::configure(section)?)),
         "forward" => Ok(Arc::new(forward::Forward::configure(section)?)),
+        "http" => Ok(Arc::new(http::Http::configure(section)?)),
         "unix" => Ok(Arc::new(unix::Unix::configure(section)?)),
         other => {
             let pos = section.pos_of("@type");

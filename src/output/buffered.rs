@@ -82,9 +82,30 @@ pub struct WriteChunk {
     pub formatted: bool,
     /// `decompression_size_limit`.
     pub decompression_limit: u64,
+    /// The buffer the chunk is in flight from, for delivery records (none for backups and
+    /// tests).
+    pub journal: Option<Arc<Buffer>>,
 }
 
 impl WriteChunk {
+    /// The delivery record of an earlier attempt, if any.
+    pub fn delivery(&self) -> Option<&[u8]> {
+        self.chunk.delivery.as_deref()
+    }
+
+    /// Durably records where this chunk is about to be delivered, before delivering it.
+    pub fn record_delivery(&self, payload: &[u8]) -> Result<(), ChunkWriteError> {
+        match &self.journal {
+            Some(b) => b.record_delivery(self.chunk.id, payload).map_err(|e| {
+                ChunkWriteError::retryable(
+                    "IOError",
+                    format!("cannot record the delivery of chunk {}: {e}", self.chunk.id),
+                )
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The chunk's records' bytes, decompressed.
     pub fn data(&self) -> std::io::Result<Bytes> {
         match self.compress {
@@ -277,6 +298,7 @@ impl BufferedOutput {
                 created: 0,
                 // Without a header the compression is unknown: assume the configured one.
                 compress: self.cfg.compress,
+                delivery: None,
             };
             self.backup(&chunk, "found broken chunk file during resume");
             let _ = std::fs::remove_file(&b.path);
@@ -546,6 +568,7 @@ impl BufferedOutput {
             chunk,
             formatted: self.primary.formats(),
             decompression_limit: self.cfg.decompression_size_limit,
+            journal: self.buffer.get().cloned(),
         }
     }
 

@@ -341,6 +341,7 @@ impl Disk {
         &self,
         name: impl Fn(u64) -> String,
         content: &[u8],
+        before_link: impl Fn(&Path) -> Result<(), ChunkWriteError>,
     ) -> Result<PathBuf, ChunkWriteError> {
         static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut i = 0u64;
@@ -372,6 +373,9 @@ impl Disk {
                 }
                 tmp = Some(t);
             }
+            if let Err(e) = before_link(&path) {
+                break Err(e);
+            }
             match std::fs::hard_link(tmp.as_ref().expect("written above"), &path) {
                 Ok(()) => {
                     // The new name must survive a power loss before the chunk is purged.
@@ -389,6 +393,46 @@ impl Disk {
         }
         result
     }
+}
+
+/// Writes a chunk exactly once across crashes: before the output file gets its final name, the
+/// name, length and CRC32C of its content are recorded in the chunk (synced). If sluice dies
+/// after the file got its name but before the chunk was purged, the retry finds the record, sees
+/// the file with that length and checksum, and does not write it again. A file of that name
+/// with other content belongs to someone else: the chunk is written under a new name.
+fn deliver_once(
+    wc: &WriteChunk,
+    content: &[u8],
+    write: impl FnOnce(
+        &dyn Fn(&Path) -> Result<(), ChunkWriteError>,
+    ) -> Result<PathBuf, ChunkWriteError>,
+) -> Result<PathBuf, ChunkWriteError> {
+    if let Some(done) = wc.delivery().and_then(already_delivered) {
+        tracing::info!(chunk_id = %wc.chunk.id, path = %done.display(), "chunk was already written before a restart; not writing it again");
+        return Ok(done);
+    }
+    let len = content.len() as u64;
+    let crc = crc32c::crc32c(content);
+    write(&|dest: &Path| {
+        let record =
+            serde_json::json!({"dest": dest.display().to_string(), "len": len, "crc": crc});
+        wc.record_delivery(record.to_string().as_bytes())
+    })
+}
+
+/// The destination of a delivery record, if that file exists with the recorded length and
+/// checksum.
+fn already_delivered(record: &[u8]) -> Option<PathBuf> {
+    let v: serde_json::Value = serde_json::from_slice(record).ok()?;
+    let dest = PathBuf::from(v["dest"].as_str()?);
+    let len = v["len"].as_u64()?;
+    let crc = v["crc"].as_u64()? as u32;
+    let meta = std::fs::metadata(&dest).ok()?;
+    if meta.len() != len {
+        return None;
+    }
+    let data = std::fs::read(&dest).ok()?;
+    (crc32c::crc32c(&data) == crc).then_some(dest)
 }
 
 /// The chunk's records, decompressed.
@@ -446,7 +490,10 @@ impl FileWriter {
             self.disk.append(&p, &content)?;
             Ok(p)
         } else {
-            self.disk.create_first_free(|i| indexed(&path, i), &content)
+            deliver_once(wc, &content, |before_link| {
+                self.disk
+                    .create_first_free(|i| indexed(&path, i), &content, before_link)
+            })
         }
     }
 }
@@ -957,7 +1004,7 @@ impl SecondaryWriter {
             Ok(p)
         } else {
             self.disk
-                .create_first_free(|i| format!("{base}.{i}{suffix}"), &content)
+                .create_first_free(|i| format!("{base}.{i}{suffix}"), &content, |_| Ok(()))
         }
     }
 }
@@ -1305,10 +1352,12 @@ mod tests {
                 records: 1,
                 created: 0,
                 compress,
+                delivery: None,
             },
             compress,
             formatted: true,
             decompression_limit: 1 << 30,
+            journal: None,
         }
     }
 

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Forward-protocol throughput benchmark: builds release, starts sluice on a config, drives it
+# with examples/loadgen.rs on 127.0.0.1 for a fixed time, stops sluice and prints a report.
+#
+# usage: bench/run.sh [CONFIG] [LOADGEN OPTIONS...]
+#   CONFIG            default bench/forward-memory.conf
+#   LOADGEN OPTIONS   passed through, e.g. --connections 2 --events 2000 --no-ack --gzip
+#                     --rate 500000 (see `cargo run --release --example loadgen -- --help`)
+# environment:
+#   DURATION=20       measured seconds        WARMUP=2     seconds before measuring
+#   PORT=24299        forward port (loopback) FSYNC_COUNT=1 count fsync/fdatasync calls of
+#                     sluice with strace (seccomp filter: only those calls are traced)
+#   KEEP=1            keep the work directory (sluice log, buffer files)
+#   CARGO_TARGET_DIR  as for cargo (default target/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+config=${1:-bench/forward-memory.conf}
+shift || true
+duration=${DURATION:-20}
+warmup=${WARMUP:-2}
+port=${PORT:-24299}
+target=${CARGO_TARGET_DIR:-target}
+
+cargo build --release --bin sluice --example loadgen >&2
+sluice_bin="$target/release/sluice"
+loadgen_bin="$target/release/examples/loadgen"
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if port_open "$port"; then
+  echo "bench/run.sh: port $port is already in use; set PORT=..." >&2
+  exit 1
+fi
+
+workdir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")
+export SLUICE_BENCH_DIR="$workdir" SLUICE_BENCH_PORT="$port" NO_COLOR=1
+launcher=""
+sluice_pid=""
+cleanup() {
+  if [ -n "$sluice_pid" ] && kill -0 "$sluice_pid" 2>/dev/null; then
+    kill -KILL "$sluice_pid" 2>/dev/null || true
+  fi
+  if [ -n "$launcher" ] && kill -0 "$launcher" 2>/dev/null; then
+    kill -KILL "$launcher" 2>/dev/null || true
+  fi
+  if [ "${KEEP:-0}" = 1 ]; then
+    echo "work directory kept: $workdir" >&2
+  else
+    rm -rf "$workdir"
+  fi
+}
+trap cleanup EXIT
+
+if [ "${FSYNC_COUNT:-0}" = 1 ]; then
+  command -v strace >/dev/null || { echo "FSYNC_COUNT=1 needs strace" >&2; exit 1; }
+  strace -f -c --seccomp-bpf -e trace=fsync,fdatasync -o "$workdir/strace.txt" \
+    "$sluice_bin" -c "$config" 2>"$workdir/sluice.log" >/dev/null &
+  launcher=$!
+  for _ in $(seq 100); do
+    sluice_pid=$(pgrep -P "$launcher" -n || true)
+    [ -n "$sluice_pid" ] && break
+    sleep 0.05
+  done
+else
+  "$sluice_bin" -c "$config" 2>"$workdir/sluice.log" >/dev/null &
+  sluice_pid=$!
+fi
+[ -n "$sluice_pid" ] || { echo "bench/run.sh: sluice did not start" >&2; exit 1; }
+
+up=0
+for _ in $(seq 200); do
+  if port_open "$port"; then up=1; break; fi
+  kill -0 "$sluice_pid" 2>/dev/null || break
+  sleep 0.05
+done
+if [ "$up" != 1 ]; then
+  echo "bench/run.sh: sluice is not listening on 127.0.0.1:$port" >&2
+  cat "$workdir/sluice.log" >&2
+  exit 1
+fi
+
+set +e
+"$loadgen_bin" --port "$port" --duration "$duration" --warmup "$warmup" --pid "$sluice_pid" "$@" \
+  >"$workdir/loadgen.txt"
+loadgen_rc=$?
+set -e
+peak_rss_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$sluice_pid/status" 2>/dev/null || echo "?")
+
+kill -TERM "$sluice_pid"
+stopped=0
+for _ in $(seq 600); do
+  if ! kill -0 "$sluice_pid" 2>/dev/null; then stopped=1; break; fi
+  sleep 0.05
+done
+if [ "$stopped" != 1 ]; then
+  echo "bench/run.sh: sluice did not stop within 30 s; killing it" >&2
+  kill -KILL "$sluice_pid" 2>/dev/null || true
+fi
+if [ -n "$launcher" ]; then
+  wait "$launcher" 2>/dev/null || true
+else
+  wait "$sluice_pid" 2>/dev/null || true
+fi
+
+echo "== sluice benchmark: $config"
+echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load generator on the same machine"
+echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- src 2>/dev/null || echo ' (src/ modified)')"
+cat "$workdir/loadgen.txt"
+echo "sluice peak RSS (VmHWM, before stop): $(awk -v k="$peak_rss_kib" 'BEGIN { if (k+0 > 0) printf "%.1f MiB", k/1024; else print k }')"
+if [ -f "$workdir/strace.txt" ]; then
+  syncs=$(awk '$NF == "fdatasync" || $NF == "fsync" {n += $4} END {print n+0}' "$workdir/strace.txt")
+  echo "fsync+fdatasync calls (whole run, warm-up and shutdown included): $syncs"
+  grep -E 'fdatasync|fsync' "$workdir/strace.txt" || true
+fi
+warnings=$(grep -c -E ' WARN | ERROR ' "$workdir/sluice.log" || true)
+echo "sluice log: $warnings warning/error line(s)"
+grep -E ' WARN | ERROR ' "$workdir/sluice.log" | head -5 || true
+if [ "$loadgen_rc" != 0 ]; then
+  echo "load generator failed (exit $loadgen_rc); sluice log tail:"
+  tail -20 "$workdir/sluice.log"
+  exit "$loadgen_rc"
+fi
