@@ -41,6 +41,7 @@ cleanup() {
     kill -KILL "$sluice_pid" 2>/dev/null || true
   fi
   if [ -n "$launcher" ] && kill -0 "$launcher" 2>/dev/null; then
+    pkill -KILL -P "$launcher" 2>/dev/null || true
     kill -KILL "$launcher" 2>/dev/null || true
   fi
   if [ "${KEEP:-0}" = 1 ]; then
@@ -53,12 +54,13 @@ trap cleanup EXIT
 
 if [ "${FSYNC_COUNT:-0}" = 1 ]; then
   command -v strace >/dev/null || { echo "FSYNC_COUNT=1 needs strace" >&2; exit 1; }
+  # The traced shell writes its pid, then becomes sluice (same pid) with exec.
   strace -f -c --seccomp-bpf -e trace=fsync,fdatasync -o "$workdir/strace.txt" \
-    "$sluice_bin" -c "$config" 2>"$workdir/sluice.log" >/dev/null &
+    sh -c 'echo $$ >"$1"; exec "$2" -c "$3"' sh "$workdir/sluice.pid" "$sluice_bin" "$config" \
+    2>"$workdir/sluice.log" >/dev/null &
   launcher=$!
-  for _ in $(seq 100); do
-    sluice_pid=$(pgrep -P "$launcher" -n || true)
-    [ -n "$sluice_pid" ] && break
+  for _ in $(seq 200); do
+    if [ -s "$workdir/sluice.pid" ]; then sluice_pid=$(cat "$workdir/sluice.pid"); break; fi
     sleep 0.05
   done
 else
@@ -109,7 +111,8 @@ cat "$workdir/loadgen.txt"
 echo "sluice peak RSS (VmHWM, before stop): $(awk -v k="$peak_rss_kib" 'BEGIN { if (k+0 > 0) printf "%.1f MiB", k/1024; else print k }')"
 if [ -f "$workdir/strace.txt" ]; then
   syncs=$(awk '$NF == "fdatasync" || $NF == "fsync" {n += $4} END {print n+0}' "$workdir/strace.txt")
-  echo "fsync+fdatasync calls (whole run, warm-up and shutdown included): $syncs"
+  frames=$(sed -n 's/.*frames_total=\([0-9]*\).*/\1/p' "$workdir/loadgen.txt")
+  echo "fsync+fdatasync calls (whole run, warm-up and shutdown included): $syncs for ${frames:-?} frames sent"
   grep -E 'fdatasync|fsync' "$workdir/strace.txt" || true
 fi
 warnings=$(grep -c -E ' WARN | ERROR ' "$workdir/sluice.log" || true)

@@ -464,8 +464,9 @@ fn main() {
         gen_cpu / secs
     );
     let mut result = format!(
-        "RESULT events_per_s={eps:.0} mib_per_s={data_mib_s:.1} wire_mib_per_s={:.1} seconds={secs:.2} events={events} ack_p50_ms={p50:.3} ack_p99_ms={p99:.3} ack_max_ms={pmax:.3} loadgen_cpu_s={gen_cpu:.2} errors={}",
+        "RESULT events_per_s={eps:.0} mib_per_s={data_mib_s:.1} wire_mib_per_s={:.1} seconds={secs:.2} events={events} ack_p50_ms={p50:.3} ack_p99_ms={p99:.3} ack_max_ms={pmax:.3} loadgen_cpu_s={gen_cpu:.2} frames_total={} errors={}",
         wire / mib / secs,
+        sh.counters.frames.load(Ordering::Relaxed) + if o.ack { 0 } else { o.connections as u64 },
         errors.len()
     );
     if let Some(pid) = o.pid {
