@@ -462,7 +462,12 @@ impl Buffer {
         }
         let Some(e) = failure else {
             if !files.is_empty() {
-                st.dirty.extend(files);
+                // One fdatasync per file per pass, however many writes it took.
+                for f in files {
+                    if !st.dirty.iter().any(|d| Arc::ptr_eq(d, &f)) {
+                        st.dirty.push(f);
+                    }
+                }
                 st.dir_dirty |= created;
                 st.write_seq += 1;
             }
@@ -767,26 +772,44 @@ impl Buffer {
 
     /// Takes the queue head in flight, for a flush worker.
     pub fn dequeue(&self) -> Option<FlushChunk> {
-        let mut st = self.lock();
-        let (mut c, bytes) = loop {
+        loop {
+            let mut st = self.lock();
             let mut c = st.queue.pop_front()?;
-            match c.freeze() {
-                Ok(b) => break (c, b),
-                Err(e) => st.unreadable(c, e),
+            c.state = ChunkState::InFlight;
+            let path = c.backing.as_ref().map(|b| b.path.clone());
+            let Some(path) = path else {
+                // A memory chunk: freezing hands its bytes over without copying.
+                let bytes = match c.freeze() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        st.unreadable(c, e);
+                        continue;
+                    }
+                };
+                let fc = flush_chunk(&c, bytes);
+                st.in_flight.insert(c.id, c);
+                return Some(fc);
+            };
+            // A file chunk is read without holding the buffer lock, so emits go on meanwhile.
+            let fc = flush_chunk(&c, Bytes::new());
+            let id = c.id;
+            st.in_flight.insert(id, c);
+            drop(st);
+            match super::chunk::read_records(&path) {
+                Ok((records, _, _)) => {
+                    return Some(FlushChunk {
+                        bytes: Bytes::from(records),
+                        ..fc
+                    })
+                }
+                Err(e) => {
+                    let mut st = self.lock();
+                    if let Some(c) = st.in_flight.remove(&id) {
+                        st.unreadable(c, e);
+                    }
+                }
             }
-        };
-        c.state = ChunkState::InFlight;
-        let fc = FlushChunk {
-            id: c.id,
-            metadata: c.metadata.clone(),
-            bytes,
-            records: c.records(),
-            created: c.created,
-            compress: c.compress,
-            delivery: c.delivery.clone(),
-        };
-        st.in_flight.insert(c.id, c);
-        Some(fc)
+        }
     }
 
     /// Records, before an output delivers an in-flight chunk, where it is delivering it (synced
@@ -932,6 +955,19 @@ impl Buffer {
             .map(|c| c.stored_bytes().map(|b| b.to_vec()).unwrap_or_default())
             .collect();
         (q, s)
+    }
+}
+
+/// What a flush worker gets of chunk `c`, with its bytes.
+fn flush_chunk(c: &Chunk, bytes: Bytes) -> FlushChunk {
+    FlushChunk {
+        id: c.id,
+        metadata: c.metadata.clone(),
+        bytes,
+        records: c.records(),
+        created: c.created,
+        compress: c.compress,
+        delivery: c.delivery.clone(),
     }
 }
 
