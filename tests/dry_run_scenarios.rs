@@ -1,4 +1,4 @@
-//! Acceptance scenarios of `/work/shared/reference/fluentd-buffer.md` §8.1 (configuration
+//! Acceptance scenarios of the Fluentd buffer reference (`reference/fluentd-buffer.md`) §8.1 (configuration
 //! acceptance/rejection) and §8.9 (value parsing), checked through `sluice --dry-run`.
 //!
 //! Where the reference's preface (and `docs/compatibility.md`) says sluice deliberately differs

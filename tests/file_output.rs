@@ -1,5 +1,5 @@
 //! The file output (`@type file`, Fluentd's out_file) against the reference scenarios of
-//! `/work/shared/reference/fluentd-buffer.md`: start-up checks through `sluice --dry-run`
+//! the Fluentd buffer reference (`reference/fluentd-buffer.md`): start-up checks through `sluice --dry-run`
 //! (§8.1: 4, 6–10, 33, 34), and file names and contents through the real binary fed by the
 //! Forward protocol, flushed with SIGUSR1 and stopped with SIGTERM ("FLUSH-STOP"), compared
 //! byte for byte (§8.2: 37–55, §8.3: 57–64, §8.5: 76).
