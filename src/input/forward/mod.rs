@@ -394,19 +394,9 @@ impl Input for Forward {
                     match acceptor {
                         None => handler.serve(stream, peer, stop).await,
                         Some(acc) => {
-                            let limit = me.settings.frame_timeout;
-                            match tokio::time::timeout(limit, acc.accept(stream)).await {
-                                Ok(Ok(tls)) => handler.serve(tls, peer, stop).await,
-                                Ok(Err(e)) => handler.warn(
-                                    "tls",
-                                    &peer,
-                                    &format!("TLS handshake failed, closing connection: {e}"),
-                                ),
-                                Err(_) => handler.warn(
-                                    "tls",
-                                    &peer,
-                                    "TLS handshake timed out, closing connection",
-                                ),
+                            match tls::handshake(&acc, stream, me.settings.frame_timeout).await {
+                                Ok(tls) => handler.serve(tls, peer, stop).await,
+                                Err(why) => handler.warn("tls", &peer, &why),
                             }
                         }
                     }

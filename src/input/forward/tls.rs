@@ -184,3 +184,20 @@ pub fn configure(t: &Element) -> Result<Arc<ServerConfig>, ConfigError> {
         .map_err(|e| file_error(&key_p, "a key matching cert_path", e))?;
     Ok(Arc::new(cfg))
 }
+
+/// Runs the TLS handshake of an accepted connection within `limit`; the error is the warning to
+/// log before closing the connection.
+pub async fn handshake<S>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: S,
+    limit: std::time::Duration,
+) -> Result<tokio_rustls::server::TlsStream<S>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(format!("TLS handshake failed, closing connection: {e}")),
+        Err(_) => Err("TLS handshake timed out, closing connection".into()),
+    }
+}

@@ -855,19 +855,12 @@ impl Input for Http {
                     let _permit = permit;
                     match acceptor {
                         None => server.serve(stream, addr, stop).await,
-                        Some(acc) => match tokio::time::timeout(limit, acc.accept(stream)).await {
-                            Ok(Ok(tls)) => server.serve(tls, addr, stop).await,
-                            Ok(Err(e)) => server.warn(
-                                "tls",
-                                &addr,
-                                &format!("TLS handshake failed, closing connection: {e}"),
-                            ),
-                            Err(_) => server.warn(
-                                "tls",
-                                &addr,
-                                "TLS handshake timed out, closing connection",
-                            ),
-                        },
+                        Some(acc) => {
+                            match crate::input::forward::tls::handshake(&acc, stream, limit).await {
+                                Ok(tls) => server.serve(tls, addr, stop).await,
+                                Err(why) => server.warn("tls", &addr, &why),
+                            }
+                        }
                     }
                 });
             }
