@@ -850,65 +850,6 @@ impl Buffer {
         true
     }
 
-    /// `overflow_action drop_oldest_chunk`: takes the queue head out (the caller keeps it in
-    /// the backup directory). `None` when nothing is queued.
-    pub fn take_oldest(&self) -> Option<FlushChunk> {
-        let mut st = self.lock();
-        let (c, bytes) = loop {
-            let mut c = st.queue.pop_front()?;
-            match c.freeze() {
-                Ok(b) => break (c, b),
-                Err(e) => st.unreadable(c, e),
-            }
-        };
-        st.queue_bytes -= c.committed_bytes();
-        if let Some(s) = &st.store {
-            s.remove(&c);
-        }
-        drop(st);
-        self.space_freed.notify_waiters();
-        Some(FlushChunk {
-            id: c.id,
-            metadata: c.metadata.clone(),
-            bytes,
-            records: c.records(),
-            created: c.created,
-            compress: c.compress,
-            delivery: c.delivery.clone(),
-        })
-    }
-
-    /// Takes every queued chunk out (give-up after the last retry hands them to the backup).
-    pub fn take_queue(&self) -> Vec<FlushChunk> {
-        let mut st = self.lock();
-        let mut out = Vec::new();
-        while let Some(mut c) = st.queue.pop_front() {
-            let bytes = match c.freeze() {
-                Ok(b) => b,
-                Err(e) => {
-                    st.unreadable(c, e);
-                    continue;
-                }
-            };
-            st.queue_bytes -= c.committed_bytes();
-            if let Some(s) = &st.store {
-                s.remove(&c);
-            }
-            out.push(FlushChunk {
-                id: c.id,
-                metadata: c.metadata.clone(),
-                bytes,
-                records: c.records(),
-                created: c.created,
-                compress: c.compress,
-                delivery: c.delivery.clone(),
-            });
-        }
-        drop(st);
-        self.space_freed.notify_waiters();
-        out
-    }
-
     /// Whether anything is queued.
     pub fn has_queued(&self) -> bool {
         !self.lock().queue.is_empty()
@@ -1211,7 +1152,8 @@ mod tests {
         assert_eq!(again.id, first.id);
         assert!(b.purge(again.id));
         assert_eq!(b.stats().queue_bytes, 36);
-        assert!(b.take_oldest().is_some());
+        let last = b.dequeue().unwrap();
+        assert!(b.purge(last.id));
         assert_eq!(b.stats(), BufferStats::default());
     }
 

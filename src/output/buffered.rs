@@ -300,8 +300,9 @@ impl BufferedOutput {
                 compress: self.cfg.compress,
                 delivery: None,
             };
-            self.backup(&chunk, "found broken chunk file during resume");
-            let _ = std::fs::remove_file(&b.path);
+            if self.backup(&chunk, "found broken chunk file during resume") {
+                let _ = std::fs::remove_file(&b.path);
+            }
         }
         let stats = buffer.stats();
         if stats.stage_length + stats.queue_length > 0 {
@@ -494,11 +495,11 @@ impl BufferedOutput {
                                 return Err(EmitError::BufferOverflow);
                             }
                             dropped_one = true;
-                            match self.buffer().take_oldest() {
+                            match self.buffer().dequeue() {
                                 Some(chunk) => {
                                     tracing::warn!(plugin_id = %self.plugin_id, chunk_id = %chunk.id,
                                         "dropping oldest chunk to make space after buffer overflow (moved to the backup directory)");
-                                    self.backup(
+                                    self.move_to_backup(
                                         &chunk,
                                         "dropped by overflow_action drop_oldest_chunk",
                                     );
@@ -628,7 +629,7 @@ impl BufferedOutput {
                         f.text(&self.log_zone), wc.chunk.id, e.class, e.message
                     ),
                     FailureOutcome::GiveUp { retry_times } => {
-                        let chunks = self.buffer().take_queue();
+                        let chunks = self.take_queue();
                         let records: u64 = chunks.iter().map(|c| c.records).sum();
                         tracing::error!(
                             plugin_id = %self.plugin_id,
@@ -636,7 +637,7 @@ impl BufferedOutput {
                             e.class, e.message, self.backup_dir.display()
                         );
                         for c in &chunks {
-                            self.backup(c, "retries exhausted");
+                            self.move_to_backup(c, "retries exhausted");
                         }
                     }
                 }
@@ -675,15 +676,30 @@ impl BufferedOutput {
         }
         if self.cfg.disable_chunk_backup {
             tracing::warn!(plugin_id = %self.plugin_id, "disable_chunk_backup is true. {id} chunk is thrown away");
+            self.buffer().purge(id);
         } else {
-            self.backup(&wc.chunk, &e.message);
+            self.move_to_backup(&wc.chunk, &e.message);
         }
-        self.buffer().purge(id);
+    }
+
+    /// Takes every queued chunk in flight, for moving to the backup directory.
+    fn take_queue(&self) -> Vec<FlushChunk> {
+        std::iter::from_fn(|| self.buffer().dequeue()).collect()
+    }
+
+    /// Writes an in-flight chunk to the backup directory, then removes it from the buffer. If the
+    /// backup cannot be written the chunk goes back to the queue: it is never dropped.
+    fn move_to_backup(&self, chunk: &FlushChunk, reason: &str) {
+        if self.backup(chunk, reason) {
+            self.buffer().purge(chunk.id);
+        } else {
+            self.buffer().takeback(chunk.id);
+        }
     }
 
     /// Writes a chunk's records to the backup directory: `<chunk id>.log` holds the data as
     /// Fluentd writes it (decompressed), `<chunk id>.log.meta.json` what is needed to replay it.
-    fn backup(&self, chunk: &FlushChunk, reason: &str) {
+    fn backup(&self, chunk: &FlushChunk, reason: &str) -> bool {
         self.counters.backed_up.fetch_add(1, Ordering::Relaxed);
         let path = self.backup_dir.join(format!("{}.log", chunk.id));
         let wc = self.write_chunk(chunk.clone());
@@ -715,10 +731,12 @@ impl BufferedOutput {
         })();
         match result {
             Ok(()) => {
-                tracing::warn!(plugin_id = %self.plugin_id, "bad chunk is moved to {}", path.display())
+                tracing::warn!(plugin_id = %self.plugin_id, "bad chunk is moved to {}", path.display());
+                true
             }
             Err(e) => {
-                tracing::error!(plugin_id = %self.plugin_id, chunk_id = %chunk.id, "cannot write backup {}: {e}", path.display())
+                tracing::error!(plugin_id = %self.plugin_id, chunk_id = %chunk.id, "cannot write backup {}: {e}; the chunk stays in the buffer", path.display());
+                false
             }
         }
     }
@@ -834,13 +852,13 @@ impl BufferedOutput {
         // A memory buffer loses what it holds when the process ends: keep it in the backup
         // directory instead, so nothing disappears silently.
         self.buffer().enqueue_all();
-        let left = self.buffer().take_queue();
+        let left = self.take_queue();
         if !left.is_empty() {
             let records: u64 = left.iter().map(|c| c.records).sum();
             tracing::warn!(plugin_id = %self.plugin_id, chunks = left.len(), records,
                 "buffered chunks could not be written before shutdown; moving them to {}", self.backup_dir.display());
             for c in &left {
-                self.backup(c, "not written before shutdown");
+                self.move_to_backup(c, "not written before shutdown");
             }
         }
     }
