@@ -27,6 +27,38 @@ pub struct InputContext {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Waits for the next connection a listener accepts; `None` once sluice stops. Accept errors
+/// (EMFILE and friends) are logged and retried after a short pause instead of spinning.
+pub async fn accept_next<T, F, Fut>(
+    mut accept: F,
+    shutdown: &mut watch::Receiver<bool>,
+    input: &'static str,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    loop {
+        if *shutdown.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            r = accept() => match r {
+                Ok(v) => return Some(v),
+                Err(e) => {
+                    tracing::warn!(input, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            r = shutdown.changed() => {
+                if r.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// An input plugin instance.
 pub trait Input: Send + Sync + std::fmt::Debug {
     /// Runs the input until shutdown.

@@ -15,7 +15,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{ConfigError, Element};
 use crate::output::BoxFuture;
@@ -110,26 +109,9 @@ impl Input for Unix {
             let mut conns = Connections::new(self.max_connections, "unix");
             let mut shutdown = ctx.shutdown.clone();
             let display = self.path.display().to_string();
-            loop {
-                if *shutdown.borrow_and_update() {
-                    break;
-                }
-                let stream = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok((s, _)) => s,
-                        Err(e) => {
-                            tracing::warn!(input = "unix", error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    r = shutdown.changed() => {
-                        if r.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                };
+            while let Some((stream, _)) =
+                super::accept_next(|| listener.accept(), &mut shutdown, "unix").await
+            {
                 let Some(permit) = conns.admit(&display) else {
                     drop(stream);
                     continue;
@@ -159,6 +141,7 @@ mod tests {
     use crate::config::parser::parse_str;
     use crate::event::EventTime;
     use crate::router::{LabelId, Router};
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::watch;
 

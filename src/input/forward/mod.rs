@@ -344,27 +344,9 @@ impl Input for Forward {
             let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
             let mut conns = Connections::new(self.max_connections, "forward");
             let mut shutdown = ctx.shutdown.clone();
-            loop {
-                if *shutdown.borrow_and_update() {
-                    break;
-                }
-                let (stream, addr) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(input = "forward", error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    r = shutdown.changed() => {
-                        if r.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                };
+            while let Some((stream, addr)) =
+                super::accept_next(|| listener.accept(), &mut shutdown, "forward").await
+            {
                 let Some(permit) = conns.admit(&addr) else {
                     drop(stream);
                     continue;

@@ -822,26 +822,9 @@ impl Input for Http {
             let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
             let mut conns = Connections::new(self.max_connections, "http");
             let mut shutdown = ctx.shutdown.clone();
-            loop {
-                if *shutdown.borrow_and_update() {
-                    break;
-                }
-                let (stream, addr) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::warn!(input = "http", error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                    r = shutdown.changed() => {
-                        if r.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                };
+            while let Some((stream, addr)) =
+                super::accept_next(|| listener.accept(), &mut shutdown, "http").await
+            {
                 let Some(permit) = conns.admit(&addr) else {
                     drop(stream);
                     continue;
