@@ -205,7 +205,7 @@ impl Pipeline {
         mut control: tokio::sync::mpsc::Receiver<Control>,
     ) -> Result<(), String> {
         for o in &self.outputs {
-            if let Err(e) = o.clone().start() {
+            if let Err(e) = o.clone().start().await {
                 for started in &self.outputs {
                     started.shutdown().await;
                 }

@@ -74,10 +74,11 @@ pub struct Chunk {
     /// How appends are compressed (a chunk resumed from disk keeps the compression it was
     /// written with).
     pub compress: Compress,
-    /// The last delivery record an output made for this chunk (see [`FlushChunk::delivery`]).
+    /// The delivery records an output made for this chunk, oldest first (see
+    /// [`FlushChunk::deliveries`]).
     ///
-    /// [`FlushChunk::delivery`]: super::core::FlushChunk::delivery
-    pub delivery: Option<Bytes>,
+    /// [`FlushChunk::deliveries`]: super::core::FlushChunk::deliveries
+    pub deliveries: Vec<Bytes>,
 }
 
 impl Chunk {
@@ -97,7 +98,7 @@ impl Chunk {
             unpersisted_records: 0,
             backing: None,
             compress: Compress::Text,
-            delivery: None,
+            deliveries: Vec::new(),
         }
     }
 
@@ -113,7 +114,7 @@ impl Chunk {
             f.sync_data()?;
             b.file_len += frame.len() as u64;
         }
-        self.delivery = Some(Bytes::copy_from_slice(payload));
+        self.deliveries.push(Bytes::copy_from_slice(payload));
         Ok(())
     }
 

@@ -131,9 +131,10 @@ pub struct FlushChunk {
     pub created: i64,
     /// How `bytes` is compressed.
     pub compress: Compress,
-    /// The last delivery record an output wrote for this chunk before a crash or a failed
-    /// attempt: an output that can check its destination uses it to write exactly once.
-    pub delivery: Option<Bytes>,
+    /// The delivery records an output wrote for this chunk in earlier attempts (before a crash
+    /// or a failed attempt), oldest first: an output that can check its destination uses them to
+    /// write exactly once, and to resume where it stopped.
+    pub deliveries: Vec<Bytes>,
 }
 
 /// The limits and modes the write and enqueue rules need.
@@ -850,6 +851,19 @@ impl Buffer {
         true
     }
 
+    /// The delivery records of every chunk in the buffer (staged, queued and in flight): what
+    /// outputs started delivering before a restart, e.g. the multipart uploads an s3 output
+    /// must not abort as orphans.
+    pub fn all_deliveries(&self) -> Vec<Bytes> {
+        let st = self.lock();
+        st.stage
+            .values()
+            .chain(st.queue.iter())
+            .chain(st.in_flight.values())
+            .flat_map(|c| c.deliveries.iter().cloned())
+            .collect()
+    }
+
     /// Whether anything is queued.
     pub fn has_queued(&self) -> bool {
         !self.lock().queue.is_empty()
@@ -908,7 +922,7 @@ fn flush_chunk(c: &Chunk, bytes: Bytes) -> FlushChunk {
         records: c.records(),
         created: c.created,
         compress: c.compress,
-        delivery: c.delivery.clone(),
+        deliveries: c.deliveries.clone(),
     }
 }
 

@@ -38,6 +38,24 @@ use super::metadata::Metadata;
 use super::wal;
 use crate::msgpack;
 
+/// Writes `data` to `target` so that a crash leaves either the old file or the whole new one:
+/// a temporary file beside it, fsync, rename, fsync of the directory.
+pub fn write_atomically(target: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = target
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, data)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, target)?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
 /// How chunk file names are built from a buffer `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -326,17 +344,17 @@ impl FileStore {
             );
             c.modified = modified;
             c.compress = h.compress;
-            c.delivery = scan
+            c.deliveries = scan
                 .frames
                 .iter()
-                .rev()
-                .find(|f| f.kind == wal::FrameKind::Delivery)
+                .filter(|f| f.kind == wal::FrameKind::Delivery)
                 .map(|f| {
                     Bytes::copy_from_slice(
                         &data
                             [f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize],
                     )
-                });
+                })
+                .collect();
             c.set_resumed(records.len() as u64, count);
             c.backing = Some(FileBacking {
                 path: path.clone(),

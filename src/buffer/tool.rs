@@ -306,15 +306,7 @@ fn requeue_one(store: &FileStore, data_path: &Path, meta_path: &Path) -> Result<
     if target.exists() {
         return Err(format!("{} exists already", target.display()));
     }
-    let tmp = store.layout.dir.join(format!(".requeue-{id}.tmp"));
-    std::fs::write(&tmp, &file).map_err(|e| e.to_string())?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &target).map_err(|e| e.to_string())?;
-    std::fs::File::open(&store.layout.dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| e.to_string())?;
+    super::file::write_atomically(&target, &file).map_err(|e| e.to_string())?;
     Ok(id)
 }
 

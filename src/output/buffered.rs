@@ -88,9 +88,14 @@ pub struct WriteChunk {
 }
 
 impl WriteChunk {
-    /// The delivery record of an earlier attempt, if any.
+    /// The last delivery record of an earlier attempt, if any.
     pub fn delivery(&self) -> Option<&[u8]> {
-        self.chunk.delivery.as_deref()
+        self.chunk.deliveries.last().map(|d| &d[..])
+    }
+
+    /// Every delivery record of earlier attempts, oldest first.
+    pub fn deliveries(&self) -> &[Bytes] {
+        &self.chunk.deliveries
     }
 
     /// Durably records where this chunk is about to be delivered, before delivering it.
@@ -131,6 +136,19 @@ pub trait ChunkWriter: Send + Sync + std::fmt::Debug {
 
     /// Writes one chunk to the destination.
     fn write<'a>(&'a self, chunk: &'a WriteChunk) -> BoxFuture<'a, Result<(), ChunkWriteError>>;
+
+    /// Prepares the destination before the first flush (connects, checks credentials and
+    /// buckets, finds what an earlier run left half done in `buffer`). An error stops
+    /// sluice's start-up.
+    fn start<'a>(&'a self, buffer: &'a Arc<Buffer>) -> BoxFuture<'a, Result<(), String>> {
+        let _ = buffer;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Figures of this writer's own (name, value), added to the output's metrics.
+    fn metrics(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Figures the metrics endpoint publishes for one buffered output.
@@ -156,6 +174,8 @@ pub struct OutputMetrics {
     pub buffer_overflows: u64,
     /// Chunks moved to the backup directory.
     pub backed_up: u64,
+    /// The writer's own figures (e.g. an s3 output's uploads and errors by class).
+    pub writer: Vec<(&'static str, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -298,7 +318,7 @@ impl BufferedOutput {
                 created: 0,
                 // Without a header the compression is unknown: assume the configured one.
                 compress: self.cfg.compress,
-                delivery: None,
+                deliveries: Vec::new(),
             };
             if self.backup(&chunk, "found broken chunk file during resume") {
                 let _ = std::fs::remove_file(&b.path);
@@ -864,18 +884,25 @@ impl BufferedOutput {
     }
 }
 
-impl Output for BufferedOutput {
-    fn emit<'a>(
-        &'a self,
-        tag: &'a str,
-        es: EventStream,
-    ) -> BoxFuture<'a, Result<Receipt, EmitError>> {
-        Box::pin(self.emit_stream(tag, es))
+impl BufferedOutput {
+    /// Opens the file buffer, starts the writers (primary and secondary), then the tasks.
+    fn start_output(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async move {
+            self.open_file_buffer()
+                .map_err(|e| format!("{}: {e}", self.plugin_id))?;
+            let buffer = self.buffer().clone();
+            for w in std::iter::once(&self.primary).chain(self.secondary.as_ref()) {
+                w.start(&buffer)
+                    .await
+                    .map_err(|e| format!("{}: {e}", self.plugin_id))?;
+            }
+            self.spawn_tasks();
+            Ok(())
+        })
     }
 
-    fn start(self: Arc<Self>) -> Result<(), String> {
-        self.open_file_buffer()
-            .map_err(|e| format!("{}: {e}", self.plugin_id))?;
+    /// Starts the sync task, the flush workers and the enqueue timer.
+    fn spawn_tasks(self: &Arc<Self>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         if self.file.is_some() {
             tasks.push(tokio::spawn(self.clone().sync_task()));
@@ -886,7 +913,20 @@ impl Output for BufferedOutput {
         if let Some(p) = self.enqueue_period() {
             tasks.push(tokio::spawn(self.clone().enqueue_timer(p)));
         }
-        Ok(())
+    }
+}
+
+impl Output for BufferedOutput {
+    fn emit<'a>(
+        &'a self,
+        tag: &'a str,
+        es: EventStream,
+    ) -> BoxFuture<'a, Result<Receipt, EmitError>> {
+        Box::pin(self.emit_stream(tag, es))
+    }
+
+    fn start(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        BufferedOutput::start_output(self)
     }
 
     fn force_flush(&self) {
@@ -915,6 +955,7 @@ impl Output for BufferedOutput {
             write_errors: c.write_errors.load(Ordering::Relaxed),
             buffer_overflows: c.buffer_overflows.load(Ordering::Relaxed),
             backed_up: c.backed_up.load(Ordering::Relaxed),
+            writer: self.primary.metrics(),
         })
     }
 }
@@ -1037,7 +1078,7 @@ mod tests {
             None,
         );
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start().unwrap();
+        out.clone().start().await.unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let attempts = primary.attempts.lock().unwrap().clone();
@@ -1073,7 +1114,7 @@ mod tests {
             Some(secondary.clone()),
         );
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start().unwrap();
+        out.clone().start().await.unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(70)).await;
         let p = primary.attempts.lock().unwrap().clone();
@@ -1089,7 +1130,7 @@ mod tests {
     async fn unrecoverable_goes_to_backup_without_retry() {
         let (out, primary, _clock, dir) = setup("flush_mode immediate", None);
         primary.unrecoverable.store(true, Ordering::SeqCst);
-        out.clone().start().unwrap();
+        out.clone().start().await.unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(primary.attempts.lock().unwrap().len(), 1);
@@ -1127,7 +1168,7 @@ mod tests {
 
         let (out, primary, _clock, _dir) = setup("flush_mode lazy\nchunk_limit_size 4\ntotal_limit_size 8\noverflow_action block\nretry_randomize false", None);
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start().unwrap();
+        out.clone().start().await.unwrap();
         for _ in 0..4 {
             out.emit("t", one_event()).await.unwrap();
         }
@@ -1152,7 +1193,7 @@ mod tests {
             None,
         );
         primary.failing.store(true, Ordering::SeqCst);
-        out.clone().start().unwrap();
+        out.clone().start().await.unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
         out.emit("t", one_event()).await.unwrap();

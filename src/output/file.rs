@@ -674,7 +674,7 @@ const LEGACY_BUFFER_PARAMS: &[(&str, &str)] = &[
 /// The `<buffer>` section Fluentd's compatibility layer makes from v0.12-style output
 /// parameters when there is no `<buffer>` (`buffer_type`, `buffer_chunk_limit`,
 /// `time_slice_format`, …), or `None` when the output has none of them.
-fn legacy_buffer_section(section: &Element) -> Result<Option<Element>, ConfigError> {
+pub(crate) fn legacy_buffer_section(section: &Element) -> Result<Option<Element>, ConfigError> {
     let has_tsf = section.has("time_slice_format");
     if !has_tsf && !LEGACY_BUFFER_PARAMS.iter().any(|(k, _)| section.has(k)) {
         return Ok(None);
@@ -1352,7 +1352,7 @@ mod tests {
                 records: 1,
                 created: 0,
                 compress,
-                delivery: None,
+                deliveries: Vec::new(),
             },
             compress,
             formatted: true,

@@ -8,6 +8,7 @@ pub mod buffered;
 pub mod file;
 pub mod null;
 pub mod retry;
+pub mod s3;
 pub mod stdout;
 
 use std::future::Future;
@@ -153,10 +154,11 @@ pub trait Output: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Starts background work (flush workers; opening a file buffer). Called once, inside the
-    /// runtime, before any input starts; an error stops sluice's start-up.
-    fn start(self: Arc<Self>) -> Result<(), String> {
-        Ok(())
+    /// Starts background work (flush workers; opening a file buffer; an s3 output's client
+    /// and bucket check). Called once, before any input starts; an error stops sluice's
+    /// start-up.
+    fn start(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// Enqueues and writes everything buffered now (SIGUSR1).
@@ -185,6 +187,7 @@ pub const TYPES: &[&str] = &[
     "file",
     "null",
     "relabel",
+    "s3",
     "secondary_file",
     "stdout",
 ];
@@ -198,13 +201,17 @@ fn fluentd_class(type_name: &str) -> String {
         "null" => "Fluent::Plugin::NullOutput".into(),
         "file" => "Fluent::Plugin::FileOutput".into(),
         "secondary_file" => "Fluent::Plugin::SecondaryFileOutput".into(),
+        "s3" => "Fluent::Plugin::S3Output".into(),
         other => other.into(),
     }
 }
 
 /// Whether an output type can have a `<buffer>` section.
 fn can_buffer(type_name: &str) -> bool {
-    matches!(type_name, "null" | "stdout" | "file" | "secondary_file")
+    matches!(
+        type_name,
+        "null" | "stdout" | "file" | "secondary_file" | "s3"
+    )
 }
 
 /// Plugin-wide settings every output build needs.
@@ -348,8 +355,8 @@ fn build_typed(
         }
     }
     if let Some(s) = secondary {
-        // out_file is buffered even without a <buffer> section.
-        if buffer.is_none() && type_name != "file" {
+        // out_file and s3 are buffered even without a <buffer> section.
+        if buffer.is_none() && !matches!(type_name, "file" | "s3") {
             return Err(ConfigError::at(
                 &s.pos,
                 "Invalid <secondary> section for non-buffered plugin",
@@ -446,6 +453,28 @@ fn build_typed(
         }
         "file" => {
             let (writer, cfg) = file::FileOutput::configure(section, buffer, ctx)?;
+            let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
+            Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
+                plugin_id(section),
+                Arc::new(writer),
+                secondary_writer,
+                cfg,
+                ctx,
+            ))))
+        }
+        "s3" => {
+            let legacy;
+            let b = match buffer {
+                Some(b) => b,
+                None => {
+                    legacy = file::legacy_buffer_section(section)?
+                        .unwrap_or_else(|| Element::new("buffer", "time", section.pos.clone()));
+                    &legacy
+                }
+            };
+            let mut cfg = BufferConfig::from_section(b, section, &s3::defaults())?;
+            ctx.claim_buffer_path(section, b, &mut cfg)?;
+            let writer = s3::S3Output::configure(section, &cfg)?;
             let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
             Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
                 plugin_id(section),
