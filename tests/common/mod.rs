@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

@@ -217,6 +217,20 @@ impl Uploader {
                 let size = part_size_for(self.part_size, data.len() as u64);
                 return Box::pin(self.fresh(wc, data, key, size)).await;
             }
+            // A 200 whose body cannot be read (an S3-compatible store's dialect): the upload
+            // exists, and every journaled part was acknowledged by S3, so trust the journal;
+            // CompleteMultipartUpload checks the parts anyway.
+            Err(e) if e.status == Some(200) => {
+                tracing::debug!(
+                    key,
+                    upload_id,
+                    "unreadable ListParts reply, trusting the journal: {e}"
+                );
+                journaled
+                    .iter()
+                    .map(|p| (p.number, p.etag.clone()))
+                    .collect()
+            }
             Err(e) => return Err(e.into()),
         };
         // Keep the journaled parts S3 still has, up to the first gap.
@@ -440,6 +454,18 @@ impl Uploader {
                 return r;
             }
             Err(e) if e.code == "NoSuchUpload" && self.is_ours(wc, key).await? => return Ok(()),
+            Err(e) if matches!(e.code.as_str(), "InvalidPart" | "InvalidPartOrder") => {
+                // S3 does not have the parts the journal lists: abandon this upload; the
+                // `intent` record makes the next attempt start a new one from the chunk.
+                tracing::warn!(
+                    key,
+                    upload_id,
+                    "S3 rejected the journaled parts ({e}); the chunk is uploaded again"
+                );
+                self.abort(key, upload_id).await;
+                wc.record_delivery(&journal::intent(key))?;
+                return Err(e.into());
+            }
             // A 200 whose body could not be read: the upload may well be complete; the HEAD
             // below decides.
             Err(e) if e.status == Some(200) => {
