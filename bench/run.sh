@@ -11,6 +11,9 @@
 #   PORT=24299        forward port (loopback) FSYNC_COUNT=1 count fsync/fdatasync calls of
 #                     sluice with strace (seccomp filter: only those calls are traced)
 #   KEEP=1            keep the work directory (sluice log, buffer files)
+#   S3=1              start moto's S3 server (pip install 'moto[server]==5.1.22') on a free
+#                     port and pass its endpoint as SLUICE_BENCH_S3 (bench/forward-s3.conf);
+#                     the report adds the objects and bytes that reached it
 #   CARGO_TARGET_DIR  as for cargo (default target/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +39,9 @@ workdir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")
 export SLUICE_BENCH_DIR="$workdir" SLUICE_BENCH_PORT="$port" NO_COLOR=1
 launcher=""
 sluice_pid=""
+moto_pid=""
 cleanup() {
+  if [ -n "$moto_pid" ]; then kill -KILL "$moto_pid" 2>/dev/null || true; fi
   if [ -n "$sluice_pid" ] && kill -0 "$sluice_pid" 2>/dev/null; then
     kill -KILL "$sluice_pid" 2>/dev/null || true
   fi
@@ -51,6 +56,16 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+
+if [ "${S3:-0}" = 1 ]; then
+  command -v moto_server >/dev/null || { echo "S3=1 needs moto_server: pip install 'moto[server]==5.1.22'" >&2; exit 1; }
+  s3_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  moto_server -H 127.0.0.1 -p "$s3_port" >"$workdir/moto.log" 2>&1 &
+  moto_pid=$!
+  export SLUICE_BENCH_S3="http://127.0.0.1:$s3_port"
+  for _ in $(seq 200); do port_open "$s3_port" && break; sleep 0.05; done
+  port_open "$s3_port" || { echo "bench/run.sh: moto did not start" >&2; cat "$workdir/moto.log" >&2; exit 1; }
+fi
 
 if [ "${FSYNC_COUNT:-0}" = 1 ]; then
   command -v strace >/dev/null || { echo "FSYNC_COUNT=1 needs strace" >&2; exit 1; }
@@ -114,6 +129,14 @@ if [ -f "$workdir/strace.txt" ]; then
   frames=$(sed -n 's/.*frames_total=\([0-9]*\).*/\1/p' "$workdir/loadgen.txt")
   echo "fsync+fdatasync calls (whole run, warm-up and shutdown included): $syncs for ${frames:-?} frames sent"
   grep -E 'fdatasync|fsync' "$workdir/strace.txt" || true
+fi
+if [ -n "$moto_pid" ]; then
+  python3 - "$SLUICE_BENCH_S3" <<'PY' || true
+import sys, urllib.request, re
+body = urllib.request.urlopen(sys.argv[1] + "/sluice-bench?list-type=2&max-keys=1000").read().decode()
+sizes = [int(x) for x in re.findall(r"<Size>(\d+)</Size>", body)]
+print(f"objects in the bucket after stop: {len(sizes)}, {sum(sizes) / 2**20:.1f} MiB compressed (first 1000 listed)")
+PY
 fi
 warnings=$(grep -c -E ' WARN | ERROR ' "$workdir/sluice.log" || true)
 echo "sluice log: $warnings warning/error line(s)"
