@@ -38,6 +38,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
         kills: 20,
         kill_gap_ms: (80, 320),
         deadline: Duration::from_secs(120),
+        ack_timeout: Duration::from_secs(3),
     };
     let o = run_with_kills(&conf, port, seed, &load);
     assert!(o.kills >= load.kills, "only {} kills happened", o.kills);

@@ -45,6 +45,7 @@ fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
         kills: 20,
         kill_gap_ms: (300, 900),
         deadline: Duration::from_secs(240),
+        ack_timeout: Duration::from_secs(3),
     };
     let o = run_with_kills(&conf, port, seed, &load);
     assert!(o.kills >= load.kills, "only {} kills happened", o.kills);

@@ -297,20 +297,28 @@ impl Chunk {
 
 /// The records' bytes of a chunk file (intact frames only), their count, and the scan.
 pub fn read_records(path: &std::path::Path) -> std::io::Result<(Vec<u8>, u64, super::wal::Scan)> {
-    let data = std::fs::read(path)?;
+    let mut data = std::fs::read(path)?;
     let scan = super::wal::scan(&data);
-    let mut out = Vec::new();
+    // The records are moved down over the frame headers in place: reading a chunk needs one
+    // buffer of the file's size, not a second copy.
+    let mut w = 0usize;
     let mut n = 0u64;
     for f in &scan.frames {
         if f.kind == super::wal::FrameKind::Records {
-            let p = &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize];
+            let start = f.payload_offset as usize;
+            let p = &data[start..start + f.len as usize];
             if let Some((count, recs)) = super::wal::split_records(p) {
-                out.extend_from_slice(recs);
+                let from = start + (p.len() - recs.len());
+                let len = recs.len();
+                data.copy_within(from..from + len, w);
+                w += len;
                 n += count as u64;
             }
         }
     }
-    Ok((out, n, scan))
+    data.truncate(w);
+    data.shrink_to_fit();
+    Ok((data, n, scan))
 }
 
 /// Decompresses a chunk's stored bytes (concatenated gzip members or zstd frames), refusing to

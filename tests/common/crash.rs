@@ -58,6 +58,8 @@ pub struct Load {
     pub kill_gap_ms: (u64, u64),
     /// Give up when batches are not acknowledged within this time.
     pub deadline: Duration,
+    /// How long one batch waits for its ack before it counts as refused.
+    pub ack_timeout: Duration,
 }
 
 /// What the client saw.
@@ -86,9 +88,9 @@ fn pad(n: u64, len: usize) -> String {
 }
 
 /// Sends batch `b` and waits for its ack; any failure is an `Err` and the batch is re-sent.
-fn send_batch(port: u16, load: &Load, b: u64) -> Result<(), String> {
+pub fn send_batch(port: u16, load: &Load, b: u64) -> Result<(), String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))
+    s.set_read_timeout(Some(load.ack_timeout))
         .map_err(|e| e.to_string())?;
     let events: Vec<(i64, u32, serde_json::Value)> = (0..load.batch)
         .map(|i| {

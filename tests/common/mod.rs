@@ -309,17 +309,22 @@ impl Daemon {
     /// Starts sluice on `conf` with extra environment `env`.
     pub fn start(conf: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(BIN);
-        cmd.arg("-c")
-            .arg(conf)
-            .env("NO_COLOR", "1")
+        cmd.arg("-c").arg(conf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon::spawn(cmd)
+    }
+
+    /// Runs `cmd` (which runs sluice, possibly through a wrapper that `exec`s it) with the
+    /// daemon's environment and collects its stderr.
+    pub fn spawn(mut cmd: Command) -> Daemon {
+        cmd.env("NO_COLOR", "1")
             .env("TZ", "UTC")
             .env_remove("SLUICE_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().expect("start sluice");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
@@ -340,7 +345,13 @@ impl Daemon {
 
     /// Starts sluice and waits until it accepts connections on `port`.
     pub fn start_listening(conf: &Path, env: &[(&str, &str)], port: u16) -> Daemon {
-        let mut d = Daemon::start(conf, env);
+        Daemon::start(conf, env).listening(port)
+    }
+
+    /// Waits until the daemon accepts connections on `port`; panics with its stderr if it
+    /// exits or does not listen within 5 s.
+    pub fn listening(mut self, port: u16) -> Daemon {
+        let d = &mut self;
         let up = wait_until(std::time::Duration::from_secs(5), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 || matches!(d.child.try_wait(), Ok(Some(_)))
@@ -348,7 +359,7 @@ impl Daemon {
         if !up || matches!(d.child.try_wait(), Ok(Some(_))) {
             panic!("sluice did not start listening:\n{}", d.stderr());
         }
-        d
+        self
     }
 
     /// Everything written to stderr so far.
