@@ -317,12 +317,23 @@ impl Daemon {
     }
 
     /// Runs `cmd` (which runs sluice, possibly through a wrapper that `exec`s it) with the
-    /// daemon's environment and collects its stderr.
+    /// daemon's environment (`NO_COLOR=1`, `TZ=UTC`, no `SLUICE_LOG`, unless `cmd` sets them)
+    /// and collects its stderr.
     pub fn spawn(mut cmd: Command) -> Daemon {
-        cmd.env("NO_COLOR", "1")
-            .env("TZ", "UTC")
-            .env_remove("SLUICE_LOG")
-            .stdin(Stdio::null())
+        let set: Vec<std::ffi::OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        for (k, v) in [
+            ("NO_COLOR", Some("1")),
+            ("TZ", Some("UTC")),
+            ("SLUICE_LOG", None),
+        ] {
+            if !set.iter().any(|s| s == k) {
+                match v {
+                    Some(v) => cmd.env(k, v),
+                    None => cmd.env_remove(k),
+                };
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start sluice");
