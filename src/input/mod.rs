@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod http;
+pub mod prometheus;
 pub mod sample;
 pub mod unix;
 
@@ -65,8 +66,18 @@ pub trait Input: Send + Sync + std::fmt::Debug {
     fn run(self: Arc<Self>, ctx: InputContext) -> crate::output::BoxFuture<'static, ()>;
 }
 
-/// Input types this build knows (`dummy` is the old name of `sample`).
-pub const TYPES: &[&str] = &["dummy", "forward", "http", "sample", "unix"];
+/// Input types this build knows (`dummy` is the old name of `sample`; the two monitors are
+/// accepted for fluent-plugin-prometheus configurations and do nothing, see [`prometheus`]).
+pub const TYPES: &[&str] = &[
+    "dummy",
+    "forward",
+    "http",
+    "prometheus",
+    "prometheus_monitor",
+    "prometheus_output_monitor",
+    "sample",
+    "unix",
+];
 
 /// Builds the input a `<source>` section describes.
 pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
@@ -81,6 +92,10 @@ pub fn build(section: &Element) -> Result<Arc<dyn Input>, ConfigError> {
         "forward" => Ok(Arc::new(forward::Forward::configure(section)?)),
         "http" => Ok(Arc::new(http::Http::configure(section)?)),
         "unix" => Ok(Arc::new(unix::Unix::configure(section)?)),
+        "prometheus" => Ok(Arc::new(prometheus::Prometheus::configure(section)?)),
+        t @ ("prometheus_monitor" | "prometheus_output_monitor") => {
+            Ok(Arc::new(prometheus::Monitor::configure(section, t)?))
+        }
         other => {
             let pos = section.pos_of("@type");
             Err(ConfigError::at(

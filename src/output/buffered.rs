@@ -156,12 +156,19 @@ pub trait ChunkWriter: Send + Sync + std::fmt::Debug {
 pub struct OutputMetrics {
     /// Plugin id.
     pub plugin_id: String,
+    /// The output's `@type` (the primary writer's type).
+    pub type_name: &'static str,
     /// Stage/queue lengths and bytes.
     pub buffer: BufferStats,
+    /// `total_limit_size` of the buffer.
+    pub total_limit_size: Option<u64>,
     /// Steps of the current retry state (0 when not retrying).
     pub retry_count: u64,
     /// Next retry time, epoch seconds.
     pub next_retry_time: Option<i64>,
+    /// While retrying: the next retry time minus the time of the first failure of this retry
+    /// episode, in seconds (Fluentd's `retry_wait` figure).
+    pub retry_wait: Option<f64>,
     /// Emit calls and records.
     pub emit_count: u64,
     /// Records emitted.
@@ -174,6 +181,12 @@ pub struct OutputMetrics {
     pub buffer_overflows: u64,
     /// Chunks moved to the backup directory.
     pub backed_up: u64,
+    /// Chunks taken back into the queue after a failed write (Fluentd's `rollback_count`).
+    pub rollback_count: u64,
+    /// Frames of file-buffer chunk files cut out as damaged when the buffer was resumed.
+    pub damaged_frames: u64,
+    /// Bytes of those damaged frames.
+    pub damaged_bytes: u64,
     /// The writer's own figures (e.g. an s3 output's uploads and errors by class).
     pub writer: Vec<(&'static str, u64)>,
 }
@@ -186,6 +199,7 @@ struct Counters {
     write_errors: AtomicU64,
     buffer_overflows: AtomicU64,
     backed_up: AtomicU64,
+    rollback_count: AtomicU64,
 }
 
 /// A stream split for the buffer: per-metadata groups, the stream index of each group's
@@ -632,6 +646,7 @@ impl BufferedOutput {
             Err(e) => {
                 self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.buffer().takeback(wc.chunk.id);
+                self.counters.rollback_count.fetch_add(1, Ordering::Relaxed);
                 let outcome = self
                     .retry
                     .lock()
@@ -942,19 +957,41 @@ impl Output for BufferedOutput {
     }
 
     fn metrics(&self) -> Option<OutputMetrics> {
-        let r = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+        let (retry_count, next_retry_time, retry_wait) = {
+            let r = self.retry.lock().unwrap_or_else(|p| p.into_inner());
+            let secs = |t: EventTime| t.sec as f64 + f64::from(t.nsec) / 1e9;
+            (
+                r.state().map(|s| s.steps()).unwrap_or(0),
+                r.next_time().map(|t| t.sec),
+                r.state().map(|s| secs(s.next_time()) - secs(s.start())),
+            )
+        };
         let c = &self.counters;
+        let buffer = self.buffer.get();
+        let store = buffer.and_then(|b| b.store());
+        let damage = |a: fn(&FileStore) -> &AtomicU64| {
+            store
+                .as_deref()
+                .map(|s| a(s).load(Ordering::Relaxed))
+                .unwrap_or(0)
+        };
         Some(OutputMetrics {
             plugin_id: self.plugin_id.clone(),
-            buffer: self.buffer.get().map(|b| b.stats()).unwrap_or_default(),
-            retry_count: r.state().map(|s| s.steps()).unwrap_or(0),
-            next_retry_time: r.next_time().map(|t| t.sec),
+            type_name: self.primary.type_name(),
+            buffer: buffer.map(|b| b.stats()).unwrap_or_default(),
+            total_limit_size: Some(self.cfg.total_limit_size),
+            retry_count,
+            next_retry_time,
+            retry_wait,
             emit_count: c.emit_count.load(Ordering::Relaxed),
             emit_records: c.emit_records.load(Ordering::Relaxed),
             write_count: c.write_count.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
             buffer_overflows: c.buffer_overflows.load(Ordering::Relaxed),
             backed_up: c.backed_up.load(Ordering::Relaxed),
+            rollback_count: c.rollback_count.load(Ordering::Relaxed),
+            damaged_frames: damage(|s| &s.damaged_frames),
+            damaged_bytes: damage(|s| &s.damaged_bytes),
             writer: self.primary.metrics(),
         })
     }
@@ -1099,6 +1136,32 @@ mod tests {
             "{files:?}"
         );
         assert_eq!(out.buffer().stats(), BufferStats::default());
+        out.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_while_retrying_and_after() {
+        let (out, primary, _clock, _dir) = setup(
+            "flush_mode interval\nflush_interval 1s\nretry_type periodic\nretry_wait 2s\nretry_randomize false\nflush_thread_interval 0.1\ntotal_limit_size 1m",
+            None,
+        );
+        primary.failing.store(true, Ordering::SeqCst);
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let m = out.metrics().unwrap();
+        assert_eq!(m.type_name, "flaky");
+        assert_eq!(m.total_limit_size, Some(1 << 20));
+        assert_eq!((m.emit_count, m.emit_records), (1, 1));
+        assert_eq!((m.write_errors, m.rollback_count, m.write_count), (1, 1, 0));
+        assert_eq!(m.retry_wait, Some(2.0));
+        assert!(m.next_retry_time.is_some());
+        assert_eq!((m.damaged_frames, m.damaged_bytes), (0, 0));
+        primary.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let m = out.metrics().unwrap();
+        assert_eq!((m.write_errors, m.rollback_count, m.write_count), (1, 1, 1));
+        assert_eq!((m.retry_wait, m.next_retry_time), (None, None));
         out.shutdown().await;
     }
 
