@@ -459,8 +459,9 @@ where
             let code = err.code().unwrap_or("Unknown").to_string();
             let message = err
                 .message()
+                .filter(|m| !m.trim().is_empty())
                 .map(str::to_string)
-                .unwrap_or_else(|| error_chain(err));
+                .unwrap_or_else(|| format!("no message from the server ({})", error_chain(err)));
             let class = class_of(status, &code);
             S3Error {
                 code,
