@@ -11,6 +11,7 @@ use sluice::pipeline::{self, BuildOptions, Control};
 const DEFAULT_CONFIG: &str = include_str!("default.conf");
 
 fn main() -> ExitCode {
+    bound_large_allocations();
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,
@@ -110,4 +111,20 @@ fn spawn_signal_handlers(tx: tokio::sync::mpsc::Sender<Control>) -> anyhow::Resu
         }
     });
     Ok(())
+}
+
+/// Large buffers (chunks read for a flush, compressed parts) go straight to `mmap` and back to
+/// the system when freed. glibc otherwise raises its mmap threshold after the first large free
+/// and serves later large buffers from arenas that keep the memory: measured with file buffer →
+/// s3, the peak RSS was 190–260 MiB with the default and 75–85 MiB with a fixed 4 MiB threshold.
+/// An explicit `MALLOC_MMAP_THRESHOLD_` in the environment wins.
+fn bound_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
+        // exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        }
+    }
 }
