@@ -2,11 +2,11 @@
 //! the Fluentd buffer reference (`reference/fluentd-buffer.md`): start-up checks through `sluice --dry-run`
 //! (§8.1: 4, 6–10, 33, 34), and file names and contents through the real binary fed by the
 //! Forward protocol, flushed with SIGUSR1 and stopped with SIGTERM ("FLUSH-STOP"), compared
-//! byte for byte (§8.2: 37–55, §8.3: 57–64, §8.5: 76).
+//! byte for byte (§8.2: 37–55, §8.3: 57–64, §8.4: 73 (STOP only), §8.5: 76).
 //!
-//! The durable file buffer is not part of this build yet, so run scenarios use
-//! `<buffer> @type memory </buffer>` where the reference relies on out_file's default file
-//! buffer; file names and contents do not depend on the buffer type.
+//! Run scenarios use `<buffer> @type memory </buffer>` where the reference relies on
+//! out_file's default file buffer (file names and contents do not depend on the buffer type);
+//! the `symlink_path` tests use the default file buffer, whose chunk files the link points to.
 
 mod common;
 
@@ -713,6 +713,25 @@ fn scenario_064_immediate_mode() {
 }
 
 #[test]
+fn scenario_073_lazy_flush_at_shutdown_writes_app_0() {
+    // `<buffer []>` `flush_mode lazy`, memory buffer: no enqueue timer, so nothing is written
+    // while sluice runs (the "a day later" part runs on virtual time in
+    // `output::buffered::tests::scenario_073_lazy_without_time_key_waits_for_shutdown`);
+    // STOP alone (memory: flush_at_shutdown true) writes `app_0.log`.
+    let mut s = Scenario::start(&file_match(
+        "$OUT/app",
+        &memory("[]", "    flush_mode lazy\n"),
+    ));
+    s.emit("t", &[ev(json!({"n": 1}))]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(files_below(&s.out), vec![], "nothing written before STOP");
+    let out = s.out.clone();
+    let (code, stderr) = s.daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(files_below(&out), owned(&[("app_0.log", &line(1))]));
+}
+
+#[test]
 fn scenario_076_overflow_with_a_hard_total_limit() {
     // §8.5: the destination directory `$OUT/t` is blocked by a regular file, so every flush
     // fails; sluice's total_limit_size is hard, so emits 6-8 are refused (Fluentd's soft
@@ -770,6 +789,93 @@ fn scenario_076_overflow_with_a_hard_total_limit() {
         !d.path().join("root/backup").exists(),
         "nothing was backed up"
     );
+}
+
+/// The target of the symbolic link `link`, which must be a staged chunk file
+/// `buffer.b<32 hex>.log` of the buffer directory `dir` that exists.
+fn staged_chunk_target(link: &Path, dir: &Path) -> PathBuf {
+    let target = std::fs::read_link(link)
+        .unwrap_or_else(|e| panic!("{} is not a symlink: {e}", link.display()));
+    assert_eq!(target.parent(), Some(dir), "{}", target.display());
+    let name = target.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.len() == "buffer.b".len() + 32 + ".log".len()
+            && name.starts_with("buffer.b")
+            && name.ends_with(".log")
+            && name[8..40].chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
+    assert!(target.is_file(), "{} exists", target.display());
+    target
+}
+
+#[test]
+fn symlink_path_follows_the_staged_chunk_file() {
+    // out_file's default buffer is a file buffer in `$OUT/app/`: the link points to the staged
+    // chunk file, and to the next chunk's file once the first one was flushed.
+    let mut s = Scenario::start(&file_match("$OUT/app", "  symlink_path $OUT/current.log\n"));
+    let link = s.out.join("current.log");
+    let dir = s.out.join("app");
+    s.emit("t", &[ev(json!({"n": 1}))]);
+    let first = staged_chunk_target(&link, &dir);
+    // sluice's chunk files hold framed, checksummed data: the line is inside a frame.
+    let data = std::fs::read(&link).unwrap();
+    assert!(
+        data.windows(line(1).len()).any(|w| w == line(1).as_bytes()),
+        "{data:?}"
+    );
+    // More events go to the same chunk: the link stays.
+    s.emit("t", &[ev(json!({"n": 2}))]);
+    assert_eq!(staged_chunk_target(&link, &dir), first);
+    s.daemon.signal("USR1");
+    let written = s.out.join("app.20161003_0.log");
+    assert!(
+        wait_until(Duration::from_secs(5), || written.is_file()
+            && !first.exists()),
+        "{}",
+        s.daemon.stderr()
+    );
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), lines(&[1, 2]));
+    s.emit("t", &[ev(json!({"n": 3}))]);
+    let second = staged_chunk_target(&link, &dir);
+    assert_ne!(second, first, "the link follows the new chunk");
+    let (code, stderr) = s.daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("symlink"),
+        "no warning about symlink_path:\n{stderr}"
+    );
+}
+
+#[test]
+fn symlink_path_placeholders_come_from_the_chunk() {
+    // Placeholders of symlink_path are expanded for the chunk (tag and time slice); the buffer
+    // directory keeps the literal `${tag}` of `path` (reference §2.5); with
+    // symlink_path_use_relative the link holds a path relative to its directory.
+    let matches = file_match(
+        "$OUT/${tag}/app",
+        "  symlink_path $OUT/links/${tag}.%Y%m%d.log\n  symlink_path_use_relative true\n  <buffer tag,time>\n    timekey 1d\n  </buffer>\n",
+    );
+    let mut s = Scenario::start(&matches);
+    s.emit("web", &[ev(json!({"n": 1}))]);
+    let link = s.out.join("links/web.20161003.log");
+    let target = std::fs::read_link(&link)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", link.display(), s.daemon.stderr()));
+    assert_eq!(
+        target.parent(),
+        Some(Path::new("../${tag}/app")),
+        "{}",
+        target.display()
+    );
+    let name = target.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("buffer.b") && name.ends_with(".log"),
+        "{name}"
+    );
+    assert!(s.out.join("${tag}/app").join(&name).is_file());
+    assert!(link.is_file(), "the link resolves");
+    let (code, stderr) = s.daemon.stop();
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]

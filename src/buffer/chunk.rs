@@ -102,22 +102,6 @@ impl Chunk {
         }
     }
 
-    /// Records where an output is delivering this chunk: in memory, and for file chunks as a
-    /// synced frame, so it survives a crash.
-    pub fn record_delivery(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        if let Some(b) = self.backing.as_mut() {
-            use std::os::unix::fs::FileExt;
-            let mut frame = Vec::with_capacity(payload.len() + super::wal::HEADER_LEN);
-            super::wal::encode(super::wal::FrameKind::Delivery, payload, &mut frame);
-            let f = std::fs::OpenOptions::new().write(true).open(&b.path)?;
-            f.write_all_at(&frame, b.file_len)?;
-            f.sync_data()?;
-            b.file_len += frame.len() as u64;
-        }
-        self.deliveries.push(Bytes::copy_from_slice(payload));
-        Ok(())
-    }
-
     /// State of a chunk loaded from disk: `bytes` data bytes and `records` records, all on disk.
     pub fn set_resumed(&mut self, bytes: u64, records: u64) {
         let _ = bytes;
@@ -293,6 +277,21 @@ impl Chunk {
             }
         }
     }
+}
+
+/// Writes a delivery frame at offset `at` of a chunk file and syncs it; returns its length.
+pub fn write_delivery_frame(
+    path: &std::path::Path,
+    at: u64,
+    payload: &[u8],
+) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut frame = Vec::with_capacity(payload.len() + super::wal::HEADER_LEN);
+    super::wal::encode(super::wal::FrameKind::Delivery, payload, &mut frame);
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(&frame, at)?;
+    f.sync_data()?;
+    Ok(frame.len() as u64)
 }
 
 /// The records' bytes of a chunk file (intact frames only), their count, and the scan.

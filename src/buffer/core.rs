@@ -19,6 +19,9 @@
 //!   shutdown).
 //! - **Flush**: [`Buffer::dequeue`] takes the queue head in flight; [`Buffer::purge`] removes it
 //!   after a successful write; [`Buffer::takeback`] puts it back at the head after a failure.
+//! - **New chunk files** (file buffer): after a write that created the file of a chunk that is
+//!   now staged, the hook set with [`Buffer::on_new_staged_file`] is called with its metadata,
+//!   id and path (out_file's `symlink_path`), under the buffer lock, in creation order.
 //!
 //! Invariants (tested): no record is lost or duplicated by writes and splits; every chunk stays
 //! within its limits except a chunk holding a single record equal to the limit; the order of
@@ -285,8 +288,10 @@ enum Touched {
     Unstaged(Box<Chunk>),
 }
 
+/// Called with a staged chunk's metadata, id and file path when its file was created.
+pub type NewFileHook = Box<dyn Fn(&Metadata, ChunkId, &std::path::Path) + Send + Sync>;
+
 /// The memory buffer of one output: stage, queue and in-flight chunks behind one lock.
-#[derive(Debug)]
 pub struct Buffer {
     limits: BufferLimits,
     /// Standard format: chunks hold MessagePack entries (Fluentd's whole-stream-first rule).
@@ -295,6 +300,19 @@ pub struct Buffer {
     state: Mutex<State>,
     /// Signalled whenever space is freed (purge, drop), for `overflow_action block`.
     pub space_freed: tokio::sync::Notify,
+    /// Told about new staged chunk files (file buffers).
+    new_staged_file: std::sync::OnceLock<NewFileHook>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Buffer")
+            .field("limits", &self.limits)
+            .field("standard_format", &self.standard_format)
+            .field("state", &self.state)
+            .field("new_staged_file", &self.new_staged_file.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Buffer {
@@ -311,7 +329,19 @@ impl Buffer {
                 ..State::default()
             }),
             space_freed: tokio::sync::Notify::new(),
+            new_staged_file: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the hook told, after each write, about every chunk file the write created whose
+    /// chunk is staged at the end of it (not the pieces of a split that went straight to the
+    /// queue). It runs under the buffer lock, in the order the files were created. Only one hook
+    /// can be set; returns false if one was already.
+    pub fn on_new_staged_file(
+        &self,
+        hook: impl Fn(&Metadata, ChunkId, &std::path::Path) + Send + Sync + 'static,
+    ) -> bool {
+        self.new_staged_file.set(Box::new(hook)).is_ok()
     }
 
     /// The limits this buffer applies.
@@ -354,9 +384,18 @@ impl Buffer {
                 }));
         }
         let before = st.write_seq;
-        report.enqueued |= self.commit(&mut st, touched, now)?;
+        let (enqueued, created) = self.commit(&mut st, touched, now)?;
+        report.enqueued |= enqueued;
         if st.write_seq != before {
             report.sync_seq = Some(st.write_seq);
+        }
+        if let Some(hook) = self.new_staged_file.get() {
+            for (m, id) in created {
+                let staged = st.stage.get(&m).filter(|c| c.id == id);
+                if let Some(b) = staged.and_then(|c| c.backing.as_ref()) {
+                    hook(&m, id, &b.path);
+                }
+            }
         }
         Ok(report)
     }
@@ -364,8 +403,14 @@ impl Buffer {
     /// Phase 2 of a write: commit every touched chunk, then enqueue per Fluentd's rules, in the
     /// order the chunks were touched: an unstaged chunk is queued; a staged chunk is queued when
     /// full (or in immediate mode), and then the last unstaged chunk of its metadata, if not
-    /// full and not yet queued, becomes the staged chunk.
-    fn commit(&self, st: &mut State, touched: Vec<Touched>, now: i64) -> Result<bool, WriteError> {
+    /// full and not yet queued, becomes the staged chunk. Returns whether a chunk was queued and
+    /// the chunks whose files this write created.
+    fn commit(
+        &self,
+        st: &mut State,
+        touched: Vec<Touched>,
+        now: i64,
+    ) -> Result<(bool, Vec<(Metadata, ChunkId)>), WriteError> {
         let immediate = self.limits.flush_mode == FlushMode::Immediate;
         let mut enqueued = false;
         let mut items: Vec<Option<Touched>> = Vec::with_capacity(touched.len());
@@ -390,7 +435,7 @@ impl Buffer {
                 }
             }
         }
-        self.persist(st, &mut items)?;
+        let created = self.persist(st, &mut items)?;
         for i in 0..items.len() {
             match items[i].take() {
                 None => {}
@@ -424,16 +469,21 @@ impl Buffer {
                 }
             }
         }
-        Ok(enqueued)
+        Ok((enqueued, created))
     }
 
     /// Writes the committed data of every touched chunk to its file (file buffers). All or
     /// nothing: on an error every file is cut back and every chunk returns to what was on disk
-    /// before this write.
-    fn persist(&self, st: &mut State, items: &mut [Option<Touched>]) -> Result<(), WriteError> {
+    /// before this write. Returns the chunks whose files were created, in creation order.
+    fn persist(
+        &self,
+        st: &mut State,
+        items: &mut [Option<Touched>],
+    ) -> Result<Vec<(Metadata, ChunkId)>, WriteError> {
         if st.store.is_none() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut new_files = Vec::new();
         let mut done: Vec<(usize, u64, u64, u64)> = Vec::new();
         let mut files = Vec::new();
         let mut created = false;
@@ -451,6 +501,9 @@ impl Buffer {
                 Ok(Some((f, new_file))) => {
                     files.push(f);
                     created |= new_file;
+                    if new_file {
+                        new_files.push((c.metadata.clone(), c.id));
+                    }
                     done.push((i, prev.0, prev.1, prev.2));
                 }
                 Ok(None) => done.push((i, prev.0, prev.1, prev.2)),
@@ -472,7 +525,7 @@ impl Buffer {
                 st.dir_dirty |= created;
                 st.write_seq += 1;
             }
-            return Ok(());
+            return Ok(new_files);
         };
         // Undo the chunks written before the failure, and drop this write's data everywhere.
         for (i, fl, dl, dr) in done {
@@ -815,14 +868,27 @@ impl Buffer {
 
     /// Records, before an output delivers an in-flight chunk, where it is delivering it (synced
     /// to the chunk file for file buffers).
+    ///
+    /// The frame is written and synced outside the buffer lock (appends to other chunks go on
+    /// meanwhile): an in-flight chunk has one writer, the flush worker that holds it.
     pub fn record_delivery(&self, id: ChunkId, payload: &[u8]) -> std::io::Result<()> {
+        let not_in_flight = || std::io::Error::other(format!("chunk {id} is not in flight"));
+        let target = {
+            let st = self.lock();
+            let c = st.in_flight.get(&id).ok_or_else(not_in_flight)?;
+            c.backing.as_ref().map(|b| (b.path.clone(), b.file_len))
+        };
+        let written = match target {
+            Some((path, at)) => Some(super::chunk::write_delivery_frame(&path, at, payload)?),
+            None => None,
+        };
         let mut st = self.lock();
-        match st.in_flight.get_mut(&id) {
-            Some(c) => c.record_delivery(payload),
-            None => Err(std::io::Error::other(format!(
-                "chunk {id} is not in flight"
-            ))),
+        let c = st.in_flight.get_mut(&id).ok_or_else(not_in_flight)?;
+        if let (Some(b), Some(len)) = (c.backing.as_mut(), written) {
+            b.file_len += len;
         }
+        c.deliveries.push(Bytes::copy_from_slice(payload));
+        Ok(())
     }
 
     /// Removes a written chunk. Returns false when it was not in flight.

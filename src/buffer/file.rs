@@ -677,6 +677,53 @@ mod resume_tests {
         assert!(left.is_empty(), "written chunks are deleted: {left:?}");
     }
 
+    #[test]
+    fn new_staged_chunk_files_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let (b, _) = open(d.path());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        assert!(b.on_new_staged_file(move |_, id, path| {
+            sink.lock()
+                .unwrap()
+                .push((id, path.to_path_buf(), path.is_file()));
+        }));
+        let seen = || seen.lock().unwrap().clone();
+        write(&b, 0, 1);
+        let first = seen();
+        assert_eq!(first.len(), 1);
+        let (id, path, existed) = &first[0];
+        assert!(existed, "reported once the file exists");
+        assert_eq!(path, &d.path().join(format!("buffer.b{id}.log")));
+        // Appends to the same chunk, and queueing it when full, report nothing.
+        write(&b, 1, 19);
+        assert_eq!(b.layout(), (vec![19], vec![]));
+        assert_eq!(seen().len(), 1);
+        // The next chunk's file is reported.
+        write(&b, 19, 20);
+        assert_eq!(seen().len(), 2);
+        assert_ne!(seen()[1].0, *id);
+        // A write split over several chunks reports only the one left staged.
+        let recs: Vec<Vec<u8>> = (20..65).map(record).collect();
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for r in &recs {
+            bytes.extend_from_slice(r);
+            ends.push(bytes.len());
+        }
+        b.write(&[Group {
+            metadata: Metadata::default(),
+            bytes: Bytes::from(bytes),
+            ends,
+        }])
+        .unwrap();
+        assert_eq!(b.layout(), (vec![19, 19, 19], vec![8]));
+        let all = seen();
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all[2].1.is_file(), "the staged chunk's file");
+        assert!(!b.on_new_staged_file(|_, _, _| {}), "one hook only");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Truncating or flipping bytes of chunk files: resume never panics, keeps records in

@@ -17,12 +17,20 @@
 //!   secondary switch the `<secondary>` writes. Giving up moves **every queued chunk to the
 //!   backup directory** — nothing is deleted.
 //! - **Unrecoverable errors** skip retries: secondary if it can help, else backup.
+//! - **Delayed commit** (Fluentd's `try_write`): a writer whose [`ChunkWriter::delayed_commit`]
+//!   is true gets the chunk with a [`CommitHandle`] and the chunk stays in flight until the
+//!   writer commits it (then it is purged) or rolls it back. A chunk not committed within
+//!   `delayed_commit_timeout` of the start of its `try_write` goes back to the head of the queue
+//!   (warn `failed to flush the buffer chunk, timeout to commit.`) and counts as a failed flush
+//!   in the retry state; flush workers watch the deadlines. At shutdown, chunks still waiting
+//!   for their commit are rolled back (info `delayed commit for buffer chunks was cancelled in
+//!   shutdown`).
 //! - **Shutdown**: with `flush_at_shutdown`, everything is queued and written unless the output
 //!   is retrying; whatever a memory buffer still holds then goes to the backup directory.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +38,7 @@ use bytes::Bytes;
 use super::retry::{FailureOutcome, OutputRetry, RetryPolicy};
 use super::{BoxFuture, DurableWait, EmitError, Output, Receipt, Rejected, SyncProgress};
 use crate::buffer::chunk::decompress;
+use crate::buffer::chunk_id::ChunkId;
 use crate::buffer::config::{
     BufferConfig, BufferType, Compress, FlushMode, OverflowAction, SyncMode,
 };
@@ -137,6 +146,32 @@ pub trait ChunkWriter: Send + Sync + std::fmt::Debug {
     /// Writes one chunk to the destination.
     fn write<'a>(&'a self, chunk: &'a WriteChunk) -> BoxFuture<'a, Result<(), ChunkWriteError>>;
 
+    /// Whether this writer commits its chunks later (Fluentd's delayed commit: `try_write`
+    /// preferred over `write`). The driver then calls [`ChunkWriter::try_write`] instead of
+    /// [`ChunkWriter::write`], also when this writer is the `<secondary>`.
+    fn delayed_commit(&self) -> bool {
+        false
+    }
+
+    /// Starts delivering one chunk whose success is only known later (e.g. a forward output
+    /// waiting for the receiver's ack). `Ok` means the chunk was handed over: it stays in flight
+    /// until `commit` is used — [`CommitHandle::commit`] purges it, [`CommitHandle::rollback`]
+    /// puts it back at the head of the queue and counts a failed flush. Dropping the handle
+    /// without either leaves the decision to `delayed_commit_timeout`. `Err` is handled as a
+    /// failed [`ChunkWriter::write`] (retry, or backup for an unrecoverable error); the handle
+    /// is then void. The default writes synchronously and commits at once.
+    fn try_write<'a>(
+        &'a self,
+        chunk: &'a WriteChunk,
+        commit: CommitHandle,
+    ) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
+        Box::pin(async move {
+            self.write(chunk).await?;
+            commit.commit();
+            Ok(())
+        })
+    }
+
     /// Prepares the destination before the first flush (connects, checks credentials and
     /// buckets, finds what an earlier run left half done in `buffer`). An error stops
     /// sluice's start-up.
@@ -149,6 +184,78 @@ pub trait ChunkWriter: Send + Sync + std::fmt::Debug {
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+}
+
+/// The commit of one chunk handed to [`ChunkWriter::try_write`] (Fluentd's `commit_write` /
+/// `rollback_write` for that chunk id). It can be moved to another task or thread and used
+/// once; a handle used after its chunk timed out or was cancelled at shutdown does nothing (the
+/// chunk is in the queue again and will be delivered again: at-least-once).
+#[derive(Debug)]
+pub struct CommitHandle {
+    id: ChunkId,
+    /// Which `try_write` of the chunk this handle belongs to.
+    attempt: u64,
+    output: Weak<BufferedOutput>,
+}
+
+impl CommitHandle {
+    /// A handle that reports to nobody (tests of writers outside a buffered output).
+    pub fn detached(id: ChunkId) -> CommitHandle {
+        CommitHandle {
+            id,
+            attempt: 0,
+            output: Weak::new(),
+        }
+    }
+
+    /// The chunk this handle commits.
+    pub fn chunk_id(&self) -> ChunkId {
+        self.id
+    }
+
+    /// The destination has the chunk: it leaves the buffer, and a retry state ends
+    /// (`retry succeeded.`).
+    pub fn commit(self) {
+        if let Some(out) = self.output.upgrade() {
+            out.delayed_committed(self.id);
+        }
+    }
+
+    /// The destination did not take the chunk: it goes back to the head of the queue and the
+    /// failure counts in the retry state (warn `failed to flush the buffer.`). Unrecoverable
+    /// errors should be returned by `try_write` itself; here every error is retried. A rollback
+    /// of an attempt that already timed out does nothing (even if a later attempt of the same
+    /// chunk is in flight).
+    pub fn rollback(self, error: ChunkWriteError) {
+        if let Some(out) = self.output.upgrade() {
+            out.delayed_rolled_back(self.id, self.attempt, error);
+        }
+    }
+}
+
+/// A chunk handed to a delayed-commit writer, waiting for its commit.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    id: ChunkId,
+    /// Which `try_write` of the chunk (a number unique within the output).
+    attempt: u64,
+    /// When its `try_write` started (Fluentd's `flushed_at`).
+    started: EventTime,
+    /// `started + delayed_commit_timeout`: rolled back when the clock reaches it.
+    deadline: EventTime,
+    /// Whether the secondary is delivering it.
+    on_secondary: bool,
+}
+
+/// `t` plus `d`.
+fn time_after(t: EventTime, d: Duration) -> EventTime {
+    let nanos = t.nsec as u128 + d.subsec_nanos() as u128;
+    EventTime::new(
+        t.sec
+            .saturating_add(d.as_secs().min(i64::MAX as u64) as i64)
+            .saturating_add((nanos / 1_000_000_000) as i64),
+        (nanos % 1_000_000_000) as u32,
+    )
 }
 
 /// Figures the metrics endpoint publishes for one buffered output.
@@ -229,6 +336,12 @@ pub struct BufferedOutput {
     log_zone: Zone,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     counters: Counters,
+    /// This output, for the [`CommitHandle`]s of delayed-commit writes (set at start).
+    me: std::sync::OnceLock<Weak<BufferedOutput>>,
+    /// Chunks handed to a delayed-commit writer and not committed yet, oldest first.
+    pending: Mutex<Vec<Pending>>,
+    /// Numbers the `try_write` attempts.
+    attempts: AtomicU64,
 }
 
 /// Where backups go: `<root_dir | $FLUENT_BACKUP_DIR | /tmp/fluent>/backup/worker0/<plugin id>`.
@@ -296,6 +409,9 @@ impl BufferedOutput {
             log_zone: Zone::local(),
             tasks: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            me: std::sync::OnceLock::new(),
+            pending: Mutex::new(Vec::new()),
+            attempts: AtomicU64::new(0),
             cfg,
         }
     }
@@ -607,7 +723,8 @@ impl BufferedOutput {
         }
     }
 
-    /// Writes one dequeued chunk and handles the outcome. Returns whether it was written.
+    /// Writes one dequeued chunk and handles the outcome. Returns whether it was written (for a
+    /// delayed-commit writer: handed over, its commit comes later).
     async fn flush_chunk(&self, chunk: FlushChunk) -> bool {
         let now = self.clock.now();
         let on_secondary = self
@@ -620,22 +737,41 @@ impl BufferedOutput {
             _ => self.primary.clone(),
         };
         let wc = self.write_chunk(chunk);
-        match writer.write(&wc).await {
-            Ok(()) => {
-                self.buffer().purge(wc.chunk.id);
-                self.counters.write_count.fetch_add(1, Ordering::Relaxed);
-                if self
-                    .retry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .succeeded()
-                {
-                    if on_secondary {
-                        tracing::warn!(plugin_id = %self.plugin_id, "retry succeeded by secondary.");
-                    } else {
-                        tracing::warn!(plugin_id = %self.plugin_id, "retry succeeded.");
+        let id = wc.chunk.id;
+        let result = if writer.delayed_commit() {
+            let timeout = Duration::from_secs_f64(self.cfg.delayed_commit_timeout.max(0.0));
+            let attempt = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            self.pending_lock().push(Pending {
+                id,
+                attempt,
+                started: now,
+                deadline: time_after(now, timeout),
+                on_secondary,
+            });
+            let handle = CommitHandle {
+                id,
+                attempt,
+                output: self.me.get().cloned().unwrap_or_default(),
+            };
+            match writer.try_write(&wc, handle).await {
+                // In flight until the writer commits (which it may have done already).
+                Ok(()) => return true,
+                Err(e) => {
+                    if self.take_pending(id, Some(attempt)).is_none() {
+                        tracing::warn!(plugin_id = %self.plugin_id, chunk_id = %id, error = %e,
+                            "try_write failed after the chunk was committed or rolled back; the error is ignored");
+                        return false;
                     }
+                    Err(e)
                 }
+            }
+        } else {
+            writer.write(&wc).await
+        };
+        match result {
+            Ok(()) => {
+                self.buffer().purge(id);
+                self.written(on_secondary);
                 true
             }
             Err(e) if e.unrecoverable => {
@@ -644,39 +780,154 @@ impl BufferedOutput {
                 false
             }
             Err(e) => {
-                self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                self.buffer().takeback(wc.chunk.id);
-                self.counters.rollback_count.fetch_add(1, Ordering::Relaxed);
-                let outcome = self
-                    .retry
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .failed(self.clock.now());
-                let with = if on_secondary {
-                    " with secondary output"
-                } else {
-                    ""
-                };
-                match outcome {
-                    FailureOutcome::Retry(f) => tracing::warn!(
-                        plugin_id = %self.plugin_id,
-                        "failed to flush the buffer{with}. {} chunk=\"{}\" error_class={} error=\"{}\"",
-                        f.text(&self.log_zone), wc.chunk.id, e.class, e.message
-                    ),
-                    FailureOutcome::GiveUp { retry_times } => {
-                        let chunks = self.take_queue();
-                        let records: u64 = chunks.iter().map(|c| c.records).sum();
-                        tracing::error!(
-                            plugin_id = %self.plugin_id,
-                            "Hit limit for retries. dropping all chunks in the buffer queue. retry_times={retry_times} records={records} error_class={} error=\"{}\" (sluice moves them to {} instead)",
-                            e.class, e.message, self.backup_dir.display()
-                        );
-                        for c in &chunks {
-                            self.move_to_backup(c, "retries exhausted");
-                        }
-                    }
-                }
+                self.failed_flush(id, Some(&e), on_secondary);
                 false
+            }
+        }
+    }
+
+    /// A chunk was written (and purged): counts it and ends a retry state.
+    fn written(&self, on_secondary: bool) {
+        self.counters.write_count.fetch_add(1, Ordering::Relaxed);
+        if self
+            .retry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .succeeded()
+        {
+            if on_secondary {
+                tracing::warn!(plugin_id = %self.plugin_id, "retry succeeded by secondary.");
+            } else {
+                tracing::warn!(plugin_id = %self.plugin_id, "retry succeeded.");
+            }
+        }
+    }
+
+    /// A flush of in-flight chunk `id` failed (`error`), or its delayed commit timed out (no
+    /// `error`): the chunk goes back to the head of the queue and the retry state steps; at the
+    /// limit every queued chunk goes to the backup directory.
+    fn failed_flush(&self, id: ChunkId, error: Option<&ChunkWriteError>, on_secondary: bool) {
+        if !self.buffer().takeback(id) {
+            return;
+        }
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.counters.rollback_count.fetch_add(1, Ordering::Relaxed);
+        let outcome = self
+            .retry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(self.clock.now());
+        let with = if on_secondary {
+            " with secondary output"
+        } else {
+            ""
+        };
+        let timeout = ChunkWriteError::retryable("DelayedCommitTimeout", "timeout to commit");
+        let e = error.unwrap_or(&timeout);
+        match outcome {
+            FailureOutcome::Retry(f) => match error {
+                Some(e) => tracing::warn!(
+                    plugin_id = %self.plugin_id,
+                    "failed to flush the buffer{with}. {} chunk=\"{id}\" error_class={} error=\"{}\"",
+                    f.text(&self.log_zone), e.class, e.message
+                ),
+                // The timeout has been logged; Fluentd adds nothing for the retry step.
+                None => {
+                    tracing::debug!(plugin_id = %self.plugin_id, chunk_id = %id, "the commit timeout counts as a failed flush: {}", f.text(&self.log_zone))
+                }
+            },
+            FailureOutcome::GiveUp { retry_times } => {
+                let chunks = self.take_queue();
+                let records: u64 = chunks.iter().map(|c| c.records).sum();
+                tracing::error!(
+                    plugin_id = %self.plugin_id,
+                    "Hit limit for retries. dropping all chunks in the buffer queue. retry_times={retry_times} records={records} error_class={} error=\"{}\" (sluice moves them to {} instead)",
+                    e.class, e.message, self.backup_dir.display()
+                );
+                for c in &chunks {
+                    self.move_to_backup(c, "retries exhausted");
+                }
+            }
+        }
+    }
+
+    fn pending_lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes the pending delayed commit of chunk `id` (of that attempt only, if given).
+    fn take_pending(&self, id: ChunkId, attempt: Option<u64>) -> Option<Pending> {
+        let mut pending = self.pending_lock();
+        let i = pending
+            .iter()
+            .position(|p| p.id == id && attempt.is_none_or(|a| a == p.attempt))?;
+        Some(pending.remove(i))
+    }
+
+    /// [`CommitHandle::commit`]: the chunk is delivered (by whichever attempt: a late commit
+    /// of an attempt that timed out still purges the chunk if a later attempt has it in flight).
+    fn delayed_committed(&self, id: ChunkId) {
+        let pending = self.take_pending(id, None);
+        let purged = self.buffer.get().is_some_and(|b| b.purge(id));
+        if !purged {
+            tracing::debug!(plugin_id = %self.plugin_id, chunk_id = %id,
+                "commit of a chunk no longer in flight (timed out or cancelled in shutdown); it stays in the buffer");
+            return;
+        }
+        self.written(pending.is_some_and(|p| p.on_secondary));
+    }
+
+    /// [`CommitHandle::rollback`]: the delivery failed.
+    fn delayed_rolled_back(&self, id: ChunkId, attempt: u64, error: ChunkWriteError) {
+        let Some(p) = self.take_pending(id, Some(attempt)) else {
+            tracing::debug!(plugin_id = %self.plugin_id, chunk_id = %id,
+                "rollback of a chunk no longer waiting for its commit; nothing to do");
+            return;
+        };
+        if self.buffer.get().is_some() {
+            self.failed_flush(id, Some(&error), p.on_secondary);
+        }
+    }
+
+    /// The earliest deadline of the pending delayed commits.
+    fn next_commit_deadline(&self) -> Option<EventTime> {
+        self.pending_lock().iter().map(|p| p.deadline).min()
+    }
+
+    /// `d`, shortened to end at the next delayed-commit deadline (flush workers sleep no longer).
+    fn nap(&self, d: Duration) -> Duration {
+        match self.next_commit_deadline() {
+            Some(t) => d.min(until(self.clock.now(), t)),
+            None => d,
+        }
+    }
+
+    /// Takes back every chunk whose delayed commit is overdue (Fluentd's `try_rollback_write`).
+    fn expire_commits(&self) {
+        let now = self.clock.now();
+        let expired: Vec<Pending> = {
+            let mut pending = self.pending_lock();
+            let (expired, keep) = pending.drain(..).partition(|p| p.deadline <= now);
+            *pending = keep;
+            expired
+        };
+        for p in expired {
+            tracing::warn!(plugin_id = %self.plugin_id, chunk_id = %p.id,
+                flushed_at = %self.log_zone.strftime(p.started, "%Y-%m-%d %H:%M:%S %z"),
+                "failed to flush the buffer chunk, timeout to commit.");
+            self.failed_flush(p.id, None, p.on_secondary);
+        }
+    }
+
+    /// Shutdown: chunks still waiting for their commit go back to the queue (Fluentd's
+    /// `try_rollback_all`).
+    fn cancel_commits(&self) {
+        let all: Vec<Pending> = std::mem::take(&mut *self.pending_lock());
+        for p in all {
+            if self.buffer().takeback(p.id) {
+                self.counters.rollback_count.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(plugin_id = %self.plugin_id, chunk_id = %p.id,
+                    "delayed commit for buffer chunks was cancelled in shutdown");
             }
         }
     }
@@ -694,12 +945,17 @@ impl BufferedOutput {
                     plugin_id = %self.plugin_id, error = %e,
                     "got unrecoverable error in primary and secondary type is same as primary. Skip secondary"
                 ),
+                // A delayed commit of the secondary would leave the chunk in flight on both sides.
+                Some(s) if s.delayed_commit() => tracing::warn!(
+                    plugin_id = %self.plugin_id, error = %e,
+                    "got unrecoverable error in primary and secondary is async output. Skip secondary for backup"
+                ),
                 Some(s) => {
                     tracing::warn!(plugin_id = %self.plugin_id, error = %e, "got unrecoverable error in primary. Skip retry and flush chunk to secondary");
                     match s.write(&wc).await {
                         Ok(()) => {
                             self.buffer().purge(id);
-                            self.counters.write_count.fetch_add(1, Ordering::Relaxed);
+                            self.written(true);
                             return;
                         }
                         Err(e2) => {
@@ -785,6 +1041,7 @@ impl BufferedOutput {
             if *stop.borrow() {
                 return;
             }
+            self.expire_commits();
             let now = self.clock.now();
             let wait = self
                 .retry
@@ -795,7 +1052,7 @@ impl BufferedOutput {
                 .filter(|d| !d.is_zero());
             if let Some(d) = wait {
                 tokio::select! {
-                    _ = tokio::time::sleep(d) => {}
+                    _ = tokio::time::sleep(self.nap(d)) => {}
                     _ = stop.changed() => return,
                 }
                 continue;
@@ -805,7 +1062,7 @@ impl BufferedOutput {
                     let written = self.flush_chunk(chunk).await;
                     if written && self.buffer().has_queued() && !burst.is_zero() {
                         tokio::select! {
-                            _ = tokio::time::sleep(burst) => {}
+                            _ = tokio::time::sleep(self.nap(burst)) => {}
                             _ = stop.changed() => return,
                         }
                     }
@@ -813,7 +1070,7 @@ impl BufferedOutput {
                 None => {
                     tokio::select! {
                         _ = self.wake.notified() => {}
-                        _ = tokio::time::sleep(idle) => {}
+                        _ = tokio::time::sleep(self.nap(idle)) => {}
                         _ = stop.changed() => return,
                     }
                 }
@@ -879,6 +1136,7 @@ impl BufferedOutput {
                 self.flush_chunk(chunk).await;
             }
         }
+        self.cancel_commits();
         if self.file.is_some() {
             // Chunk files stay where they are and are resumed at the next start.
             self.sync_pass().await;
@@ -903,6 +1161,7 @@ impl BufferedOutput {
     /// Opens the file buffer, starts the writers (primary and secondary), then the tasks.
     fn start_output(self: Arc<Self>) -> BoxFuture<'static, Result<(), String>> {
         Box::pin(async move {
+            let _ = self.me.set(Arc::downgrade(&self));
             self.open_file_buffer()
                 .map_err(|e| format!("{}: {e}", self.plugin_id))?;
             let buffer = self.buffer().clone();
@@ -1005,15 +1264,41 @@ mod tests {
     use crate::time::TokioClock;
     use std::sync::atomic::AtomicUsize;
 
-    /// A writer that fails while `failing` is set and records the times of its attempts.
+    /// A chunk a test writer wrote: when (virtual epoch seconds), its tag and record count.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Written {
+        at: f64,
+        tag: Option<String>,
+        records: u64,
+    }
+
+    /// A writer that fails while `failing` is set and records the times of its attempts and the
+    /// chunks it wrote. Each event is formatted as `line_len` bytes (`x…x\n`; 2 when 0).
     #[derive(Debug, Default)]
     struct Flaky {
         failing: AtomicBool,
         unrecoverable: AtomicBool,
         attempts: Mutex<Vec<f64>>,
+        writes: Mutex<Vec<Written>>,
         written: AtomicUsize,
         clock: Mutex<Option<Arc<dyn Clock>>>,
         name: &'static str,
+        line_len: usize,
+    }
+
+    impl Flaky {
+        fn now(&self) -> f64 {
+            self.clock
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|c| c.now().as_f64())
+                .unwrap_or(0.0)
+        }
+
+        fn writes(&self) -> Vec<Written> {
+            self.writes.lock().unwrap().clone()
+        }
     }
 
     impl ChunkWriter for Flaky {
@@ -1028,19 +1313,15 @@ mod tests {
             true
         }
         fn format(&self, _tag: &str, _time: EventTime, _record: &[u8], out: &mut Vec<u8>) {
-            out.extend_from_slice(b"x\n");
+            let n = self.line_len.max(2);
+            out.extend(std::iter::repeat_n(b'x', n - 1));
+            out.push(b'\n');
         }
         fn write<'a>(
             &'a self,
             chunk: &'a WriteChunk,
         ) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
-            let now = self
-                .clock
-                .lock()
-                .unwrap()
-                .as_ref()
-                .map(|c| c.now().as_f64())
-                .unwrap_or(0.0);
+            let now = self.now();
             self.attempts.lock().unwrap().push(now);
             let r = if self.unrecoverable.load(Ordering::SeqCst) {
                 Err(ChunkWriteError::unrecoverable("bad path"))
@@ -1049,15 +1330,62 @@ mod tests {
             } else {
                 self.written
                     .fetch_add(chunk.chunk.records as usize, Ordering::SeqCst);
+                self.writes.lock().unwrap().push(Written {
+                    at: now,
+                    tag: chunk.chunk.metadata.tag.as_deref().map(str::to_string),
+                    records: chunk.chunk.records,
+                });
                 Ok(())
             };
             Box::pin(std::future::ready(r))
         }
     }
 
-    fn config(buffer: &str) -> BufferConfig {
+    /// Log lines (DEBUG and up) emitted on this thread while the guard lives. Tests on the
+    /// paused clock run on a current-thread runtime, so the driver's tasks log here too.
+    #[derive(Debug, Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+            let logs = Logs::default();
+            let sink = logs.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || sink.clone())
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .without_time()
+                .finish();
+            (logs, tracing::subscriber::set_default(subscriber))
+        }
+
+        /// The lines containing `text`.
+        fn lines(&self, text: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|l| l.contains(text))
+                .map(str::to_string)
+                .collect()
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    fn config(arg: &str, buffer: &str) -> BufferConfig {
         let root = parse_str(
-            &format!("<match **>\n<buffer>\n{buffer}\n</buffer>\n</match>\n"),
+            &format!("<match **>\n<buffer {arg}>\n{buffer}\n</buffer>\n</match>\n"),
             "t.conf",
             ".".into(),
         )
@@ -1078,32 +1406,67 @@ mod tests {
         EventStream::single(EventTime::new(1_000_000, 0), &[0x80])
     }
 
-    fn setup(
-        buffer: &str,
-        secondary: Option<Arc<Flaky>>,
-    ) -> (
+    /// Sleeps (virtual time) until the clock reads `sec` epoch seconds.
+    async fn sleep_until(clock: &Arc<dyn Clock>, sec: f64) {
+        let target = EventTime::new(sec.floor() as i64, ((sec.fract()) * 1e9).round() as u32);
+        tokio::time::sleep(until(clock.now(), target)).await;
+    }
+
+    type Setup = (
         Arc<BufferedOutput>,
         Arc<Flaky>,
         Arc<dyn Clock>,
         tempfile::TempDir,
-    ) {
-        let clock: Arc<dyn Clock> = TokioClock::starting_at(EventTime::new(1_000_000, 0));
-        let primary = Arc::new(Flaky::default());
+    );
+
+    fn setup(buffer: &str, secondary: Option<Arc<Flaky>>) -> Setup {
+        setup_with(1_000_000, "", buffer, Flaky::default(), secondary)
+    }
+
+    /// An output around `primary` whose clock starts at `now` (epoch seconds), with
+    /// `<buffer arg>` holding `buffer`.
+    fn setup_with(
+        now: i64,
+        arg: &str,
+        buffer: &str,
+        primary: Flaky,
+        secondary: Option<Arc<Flaky>>,
+    ) -> Setup {
+        let clock: Arc<dyn Clock> = TokioClock::starting_at(EventTime::new(now, 0));
+        let primary = Arc::new(primary);
         *primary.clock.lock().unwrap() = Some(clock.clone());
         if let Some(s) = &secondary {
             *s.clock.lock().unwrap() = Some(clock.clone());
         }
+        let (out, dir) = build(
+            &clock,
+            arg,
+            buffer,
+            primary.clone(),
+            secondary.map(|s| s as Arc<dyn ChunkWriter>),
+        );
+        (out, primary, clock, dir)
+    }
+
+    /// A buffered output (plugin id `retr`, backups below the returned directory) on `clock`.
+    fn build(
+        clock: &Arc<dyn Clock>,
+        arg: &str,
+        buffer: &str,
+        primary: Arc<dyn ChunkWriter>,
+        secondary: Option<Arc<dyn ChunkWriter>>,
+    ) -> (Arc<BufferedOutput>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let mut ctx = crate::output::BuildContext::new(Some(dir.path().to_path_buf()));
         ctx.clock = clock.clone();
         let out = Arc::new(BufferedOutput::new(
             "retr".into(),
-            primary.clone(),
-            secondary.map(|s| s as Arc<dyn ChunkWriter>),
-            config(buffer),
+            primary,
+            secondary,
+            config(arg, buffer),
             &ctx,
         ));
-        (out, primary, clock, dir)
+        (out, dir)
     }
 
     #[tokio::test(start_paused = true)]
@@ -1205,7 +1568,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn overflow_actions() {
+    async fn overflow_throw_exception_and_drop_oldest_queued_chunk() {
         let (out, primary, _clock, _dir) = setup(
             "flush_mode lazy\nchunk_limit_size 4\ntotal_limit_size 8",
             None,
@@ -1228,25 +1591,255 @@ mod tests {
             dir.path().join("backup/worker0/retr").exists(),
             "the dropped chunk is kept"
         );
+    }
 
-        let (out, primary, _clock, _dir) = setup("flush_mode lazy\nchunk_limit_size 4\ntotal_limit_size 8\noverflow_action block\nretry_randomize false", None);
+    /// 2019-02-08 00:01:00 +0900.
+    const S71_START: i64 = 1_549_551_660;
+    /// 2019-02-08 00:02:00 +0900, the event.
+    const S71_EVENT: i64 = 1_549_551_720;
+    /// 2019-02-09 00:00:00 +0900: the end of the event's day in +0900.
+    const S71_DAY_END: i64 = 1_549_638_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_071_timekey_wait_with_zone() {
+        // timekey 1d, timekey_wait 10 s in +0900: the chunk of 2019-02-08 (+0900) becomes
+        // flushable at 2019-02-09 00:00:10 +0900; the enqueue timer runs every
+        // max(min(86400, 10) / 11, flush_thread_interval) = 1 s.
+        let (out, primary, clock, _dir) = setup_with(
+            S71_START,
+            "time",
+            "timekey 86400\ntimekey_wait 10\ntimekey_zone +0900\nflush_thread_count 1\nflush_thread_burst_interval 0.01",
+            Flaky::default(),
+            None,
+        );
+        assert_eq!(out.enqueue_period(), Some(Duration::from_secs(1)));
+        out.clone().start().await.unwrap();
+        out.emit(
+            "test.tag",
+            EventStream::single(EventTime::new(S71_EVENT, 0), &[0x80]),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(primary.attempts.lock().unwrap().is_empty());
+        // Not written at 2019-02-09 00:00:08 +0900 (nor one tick before it is due).
+        sleep_until(&clock, (S71_DAY_END + 8) as f64).await;
+        assert!(primary.attempts.lock().unwrap().is_empty());
+        sleep_until(&clock, (S71_DAY_END + 9) as f64 + 0.5).await;
+        assert!(primary.attempts.lock().unwrap().is_empty());
+        // Written by 00:00:12 +0900, at the first enqueue pass at or after 00:00:10.
+        sleep_until(&clock, (S71_DAY_END + 12) as f64).await;
+        let w = primary.writes();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].records, 1);
+        let due = (S71_DAY_END + 10) as f64;
+        assert!(
+            w[0].at >= due && w[0].at <= due + 1.0,
+            "written {} s after 00:00:00 +0900",
+            w[0].at - S71_DAY_END as f64
+        );
+        out.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_073_lazy_without_time_key_waits_for_shutdown() {
+        // `<buffer []>` `flush_mode lazy`: no enqueue timer, so nothing is written even a day
+        // later; the memory buffer's flush_at_shutdown writes the chunk at STOP.
+        let (out, primary, clock, dir) =
+            setup_with(1_000_000, "[]", "flush_mode lazy", Flaky::default(), None);
+        assert_eq!(out.enqueue_period(), None, "no enqueue timer");
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(86_400 + 3_600)).await;
+        assert!(primary.attempts.lock().unwrap().is_empty());
+        assert_eq!(out.buffer().layout(), (vec![], vec![1]), "still staged");
+        let stopped_at = clock.now().as_f64();
+        out.shutdown().await;
+        let w = primary.writes();
+        assert_eq!(
+            w,
+            vec![Written {
+                at: stopped_at,
+                tag: None,
+                records: 1
+            }]
+        );
+        assert!(!dir.path().join("backup").exists(), "nothing left over");
+    }
+
+    /// 2016-04-13 14:04:01 +0900.
+    const S74_START: i64 = 1_460_523_841;
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_074_full_chunk_written_at_once_rest_after_interval() {
+        // `<buffer tag>` flush_interval 10, chunk_limit_size 1024, 197-byte events: a chunk is
+        // full at 5 events (985 >= 1024 * 0.95).
+        let (out, primary, clock, _dir) = setup_with(
+            S74_START,
+            "tag",
+            "flush_interval 10\nflush_thread_count 1\nflush_thread_burst_interval 0.1\nchunk_limit_size 1024\nqueued_chunks_limit_size 100",
+            Flaky {
+                line_len: 197,
+                ..Default::default()
+            },
+            None,
+        );
+        out.clone().start().await.unwrap();
+        let tags = [
+            "test.tag.1",
+            "test.tag.2",
+            "test.tag.1",
+            "test.tag.1",
+            "test.tag.1",
+            "test.tag.1",
+            "test.tag.1",
+            "test.tag.1",
+            "test.tag.2",
+            "test.tag.1",
+            "test.tag.2",
+        ];
+        for t in tags {
+            out.emit(t, one_event()).await.unwrap();
+        }
+        let t0 = S74_START as f64;
+        // test.tag.1's first chunk became full: written at once.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let w = primary.writes();
+        assert_eq!(
+            w,
+            vec![Written {
+                at: t0,
+                tag: Some("test.tag.1".into()),
+                records: 5
+            }]
+        );
+        assert_eq!(out.buffer().stats().stage_length, 2);
+        // 14:04:09: 8 s after the staged chunks were created, nothing more.
+        sleep_until(&clock, t0 + 8.0).await;
+        assert_eq!(primary.writes().len(), 1);
+        sleep_until(&clock, t0 + 9.9).await;
+        assert_eq!(primary.writes().len(), 1);
+        assert_eq!(out.buffer().stats().stage_length, 2);
+        // 10 s after their creation both staged chunks are written.
+        sleep_until(&clock, t0 + 14.0).await;
+        let w = primary.writes();
+        assert_eq!(w.len(), 3, "{w:?}");
+        let mut rest: Vec<(Option<String>, u64)> =
+            w[1..].iter().map(|x| (x.tag.clone(), x.records)).collect();
+        rest.sort();
+        assert_eq!(
+            rest,
+            vec![
+                (Some("test.tag.1".into()), 3),
+                (Some("test.tag.2".into()), 3)
+            ]
+        );
+        for x in &w[1..] {
+            assert!(x.at >= t0 + 10.0 && x.at <= t0 + 10.2, "{w:?}");
+        }
+        assert_eq!(w.iter().map(|x| x.records).sum::<u64>(), 11);
+        assert_eq!(out.buffer().stats(), BufferStats::default());
+        out.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_078_drop_oldest_with_everything_staged() {
+        // Eight tags of 512 bytes fill total_limit_size 4096 with staged chunks only: the
+        // ninth emit finds no queued chunk to drop.
+        let (logs, _guard) = Logs::capture();
+        let (out, primary, _clock, dir) = setup_with(
+            1_000_000,
+            "tag",
+            "total_limit_size 4096\noverflow_action drop_oldest_chunk",
+            Flaky {
+                line_len: 512,
+                ..Default::default()
+            },
+            None,
+        );
+        out.clone().start().await.unwrap();
+        for i in 0..8 {
+            out.emit(&format!("t{i}"), one_event()).await.unwrap();
+        }
+        let stats = out.buffer().stats();
+        assert_eq!(
+            (stats.stage_length, stats.stage_bytes, stats.queue_length),
+            (8, 4096, 0)
+        );
+        assert!(matches!(
+            out.emit("t8", one_event()).await,
+            Err(EmitError::BufferOverflow)
+        ));
+        assert_eq!(
+            logs.lines(
+                "failed to write data into buffer by buffer overflow action=:drop_oldest_chunk"
+            )
+            .len(),
+            1,
+            "{}",
+            logs.text()
+        );
+        let e = logs.lines("no queued chunks to be dropped for drop_oldest_chunk");
+        assert_eq!(e.len(), 1, "{}", logs.text());
+        assert!(e[0].contains("ERROR"), "{e:?}");
+        // Nothing was dropped or written.
+        assert_eq!(out.buffer().stats(), stats);
+        assert_eq!(out.metrics().unwrap().buffer_overflows, 1);
+        assert!(primary.attempts.lock().unwrap().is_empty());
+        assert!(!dir.path().join("backup").exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_079_block_waits_for_a_flush() {
+        // Two full chunks (2 records of 2 bytes each) fill total_limit_size 8 while the
+        // destination fails: the fifth emit blocks until the first successful write frees space.
+        let (logs, _guard) = Logs::capture();
+        let (out, primary, clock, _dir) = setup("flush_mode lazy\nchunk_limit_size 4\ntotal_limit_size 8\noverflow_action block\nretry_randomize false", None);
         primary.failing.store(true, Ordering::SeqCst);
         out.clone().start().await.unwrap();
         for _ in 0..4 {
             out.emit("t", one_event()).await.unwrap();
         }
+        let t0 = clock.now().as_f64();
         let o = out.clone();
-        let blocked = tokio::spawn(async move { o.emit("t", one_event()).await });
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        let c = clock.clone();
+        let blocked = tokio::spawn(async move {
+            let r = o.emit("t", one_event()).await;
+            (r.is_ok(), c.now().as_f64())
+        });
+        // Attempts at t0, t0+1, t0+3 fail; the destination is back at t0+5; the retry at t0+7
+        // succeeds.
+        sleep_until(&clock, t0 + 5.0).await;
         assert!(
             !blocked.is_finished(),
             "blocked while the destination fails"
         );
+        assert_eq!(
+            *primary.attempts.lock().unwrap(),
+            vec![t0, t0 + 1.0, t0 + 3.0]
+        );
         primary.failing.store(false, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(blocked.await.unwrap().is_ok());
-        assert!(primary.written.load(Ordering::SeqCst) >= 4);
+        sleep_until(&clock, t0 + 6.9).await;
+        assert!(!blocked.is_finished(), "no flush freed space yet");
+        sleep_until(&clock, t0 + 10.0).await;
+        let (ok, returned_at) = blocked.await.unwrap();
+        assert!(ok);
+        let first_write = primary.writes()[0].at;
+        assert_eq!(first_write, t0 + 7.0);
+        assert_eq!(
+            returned_at, first_write,
+            "the emit returns when the flush frees space"
+        );
+        assert_eq!(primary.written.load(Ordering::SeqCst), 4);
+        for text in [
+            "failed to write data into buffer by buffer overflow action=:block",
+            "buffer.write is now blocking",
+            "retrying buffer.write after blocked operation",
+        ] {
+            assert_eq!(logs.lines(text).len(), 1, "{text}: {}", logs.text());
+        }
         out.shutdown().await;
+        assert_eq!(primary.written.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1272,5 +1865,290 @@ mod tests {
             })
             .count();
         assert_eq!(logs, 2, "the failing chunk and the staged one");
+    }
+
+    /// A delayed-commit writer: records each `try_write` (time, chunk id) and keeps the
+    /// handles for the test to commit or roll back; commits at once when `commit_at_once`.
+    #[derive(Debug)]
+    struct Delayed {
+        clock: Arc<dyn Clock>,
+        tries: Mutex<Vec<(f64, ChunkId)>>,
+        handles: Mutex<Vec<CommitHandle>>,
+        commit_at_once: AtomicBool,
+    }
+
+    impl Delayed {
+        fn new(clock: &Arc<dyn Clock>) -> Arc<Delayed> {
+            Arc::new(Delayed {
+                clock: clock.clone(),
+                tries: Mutex::default(),
+                handles: Mutex::default(),
+                commit_at_once: AtomicBool::new(false),
+            })
+        }
+
+        fn tries(&self) -> Vec<(f64, ChunkId)> {
+            self.tries.lock().unwrap().clone()
+        }
+
+        /// The handle of the (first remaining) try of chunk `id`.
+        fn take(&self, id: ChunkId) -> CommitHandle {
+            let mut h = self.handles.lock().unwrap();
+            let i = h.iter().position(|h| h.chunk_id() == id).unwrap();
+            h.remove(i)
+        }
+    }
+
+    impl ChunkWriter for Delayed {
+        fn type_name(&self) -> &'static str {
+            "delayed"
+        }
+        fn formats(&self) -> bool {
+            true
+        }
+        fn format(&self, _tag: &str, _time: EventTime, _record: &[u8], out: &mut Vec<u8>) {
+            out.extend_from_slice(b"x\n");
+        }
+        fn write<'a>(
+            &'a self,
+            _chunk: &'a WriteChunk,
+        ) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
+            panic!("a delayed-commit writer is written with try_write")
+        }
+        fn delayed_commit(&self) -> bool {
+            true
+        }
+        fn try_write<'a>(
+            &'a self,
+            chunk: &'a WriteChunk,
+            commit: CommitHandle,
+        ) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
+            assert_eq!(commit.chunk_id(), chunk.chunk.id);
+            self.tries
+                .lock()
+                .unwrap()
+                .push((self.clock.now().as_f64(), chunk.chunk.id));
+            if self.commit_at_once.load(Ordering::SeqCst) {
+                commit.commit();
+            } else {
+                self.handles.lock().unwrap().push(commit);
+            }
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    fn delayed_setup(
+        buffer: &str,
+    ) -> (
+        Arc<BufferedOutput>,
+        Arc<Delayed>,
+        Arc<dyn Clock>,
+        tempfile::TempDir,
+    ) {
+        let clock: Arc<dyn Clock> = TokioClock::starting_at(EventTime::new(1_000_000, 0));
+        let writer = Delayed::new(&clock);
+        let (out, dir) = build(&clock, "", buffer, writer.clone(), None);
+        (out, writer, clock, dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_096_delayed_commit_timeout_requeues_uncommitted() {
+        let (logs, _guard) = Logs::capture();
+        let (out, writer, clock, _dir) =
+            delayed_setup("flush_mode immediate\ndelayed_commit_timeout 30\nretry_randomize false");
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        let t0 = clock.now().as_f64();
+        // A at t0; B after the burst interval. Both stay in flight.
+        sleep_until(&clock, t0 + 5.0).await;
+        let tries = writer.tries();
+        assert_eq!(
+            tries.iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![t0, t0 + 1.0]
+        );
+        let (a, b) = (tries[0].1, tries[1].1);
+        assert_eq!(out.buffer().stats().in_flight, 2);
+        // A is committed in time: purged, never written again.
+        writer.take(a).commit();
+        let m = out.metrics().unwrap();
+        assert_eq!((m.write_count, m.rollback_count), (1, 0));
+        assert_eq!(out.buffer().stats().in_flight, 1);
+        // B is not: taken back 30 s after its try_write (t0+31), not earlier.
+        sleep_until(&clock, t0 + 30.9).await;
+        assert_eq!(out.metrics().unwrap().rollback_count, 0);
+        assert!(logs.lines("timeout to commit").is_empty());
+        sleep_until(&clock, t0 + 31.5).await;
+        let timeouts = logs.lines("failed to flush the buffer chunk, timeout to commit.");
+        assert_eq!(timeouts.len(), 1, "{}", logs.text());
+        assert!(
+            timeouts[0].contains("WARN") && timeouts[0].contains(&b.to_string()),
+            "{timeouts:?}"
+        );
+        let m = out.metrics().unwrap();
+        assert_eq!((m.write_count, m.rollback_count, m.write_errors), (1, 1, 1));
+        // The timeout is a failure of the retry state: the next attempt is retry_wait (1 s) later.
+        assert!(out.retrying());
+        assert_eq!(m.next_retry_time, Some(t0 as i64 + 32));
+        let st = out.buffer().stats();
+        assert_eq!(
+            (st.queue_length, st.in_flight),
+            (1, 0),
+            "B is back at the head of the queue"
+        );
+        sleep_until(&clock, t0 + 32.5).await;
+        assert_eq!(writer.tries()[2], (t0 + 32.0, b));
+        let stale = writer.take(b);
+        // The timed-out attempt's rollback comes late: the new attempt stays in flight.
+        stale.rollback(ChunkWriteError::retryable("Errno::ECONNRESET", "late"));
+        let st = out.buffer().stats();
+        assert_eq!((st.queue_length, st.in_flight), (0, 1));
+        assert_eq!(out.metrics().unwrap().rollback_count, 1);
+        writer.take(b).commit();
+        assert_eq!(logs.lines("retry succeeded.").len(), 1, "{}", logs.text());
+        assert!(!out.retrying());
+        assert_eq!(out.buffer().stats(), BufferStats::default());
+        let m = out.metrics().unwrap();
+        assert_eq!((m.write_count, m.rollback_count), (2, 1));
+        sleep_until(&clock, t0 + 100.0).await;
+        assert_eq!(writer.tries().len(), 3, "committed chunks stay purged");
+        out.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_commit_rollback_and_immediate_commit() {
+        let (logs, _guard) = Logs::capture();
+        let (out, writer, clock, _dir) =
+            delayed_setup("flush_mode immediate\nretry_randomize false\nretry_wait 2");
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        let t0 = clock.now().as_f64();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, id) = writer.tries()[0];
+        // The writer learns that the delivery failed: taken back, counted, retried.
+        writer
+            .take(id)
+            .rollback(ChunkWriteError::retryable("Errno::ECONNRESET", "ack lost"));
+        let failed = logs.lines("failed to flush the buffer. retry_times=0");
+        assert_eq!(failed.len(), 1, "{}", logs.text());
+        assert!(
+            failed[0].contains("error_class=Errno::ECONNRESET error=\"ack lost\""),
+            "{failed:?}"
+        );
+        assert_eq!(out.metrics().unwrap().rollback_count, 1);
+        // The retry (2 s after the failure at t0+1) commits during try_write.
+        writer.commit_at_once.store(true, Ordering::SeqCst);
+        sleep_until(&clock, t0 + 4.0).await;
+        assert_eq!(
+            writer.tries().iter().map(|t| t.0).collect::<Vec<_>>(),
+            vec![t0, t0 + 3.0]
+        );
+        assert_eq!(logs.lines("retry succeeded.").len(), 1, "{}", logs.text());
+        assert_eq!(out.buffer().stats(), BufferStats::default());
+        assert_eq!(out.metrics().unwrap().write_count, 1);
+        out.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_commit_cancelled_in_shutdown() {
+        let (logs, _guard) = Logs::capture();
+        let (out, writer, _clock, dir) = delayed_setup("flush_mode immediate");
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (_, id) = writer.tries()[0];
+        out.shutdown().await;
+        let cancelled = logs.lines("delayed commit for buffer chunks was cancelled in shutdown");
+        assert_eq!(cancelled.len(), 1, "{}", logs.text());
+        assert!(cancelled[0].contains("INFO") && cancelled[0].contains(&id.to_string()));
+        assert_eq!(out.metrics().unwrap().rollback_count, 1);
+        // Rolled back, the memory chunk is kept in the backup directory.
+        let backup = dir.path().join(format!("backup/worker0/retr/{id}.log"));
+        assert_eq!(std::fs::read(&backup).unwrap(), b"x\n");
+        // The commit comes too late: nothing changes.
+        writer.take(id).commit();
+        assert_eq!(out.metrics().unwrap().write_count, 0);
+        assert!(backup.exists());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_099_unrecoverable_error_and_the_secondary() {
+        // Same type as the primary: straight to the backup.
+        let (logs, _guard) = Logs::capture();
+        let same = Arc::new(Flaky::default());
+        let (out, primary, _clock, dir) = setup("flush_mode immediate", Some(same.clone()));
+        primary.unrecoverable.store(true, Ordering::SeqCst);
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(same.attempts.lock().unwrap().is_empty());
+        assert_eq!(
+            logs.lines("got unrecoverable error in primary and secondary type is same as primary. Skip secondary").len(),
+            1
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("backup/worker0/retr"))
+                .unwrap()
+                .count(),
+            2
+        );
+        out.shutdown().await;
+
+        // Another type that fails too: tried once, then the backup.
+        let other = Arc::new(Flaky {
+            name: "other",
+            ..Default::default()
+        });
+        other.failing.store(true, Ordering::SeqCst);
+        let (out, primary, _clock, dir) = setup("flush_mode immediate", Some(other.clone()));
+        primary.unrecoverable.store(true, Ordering::SeqCst);
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(other.attempts.lock().unwrap().len(), 1);
+        for text in [
+            "got unrecoverable error in primary. Skip retry and flush chunk to secondary",
+            "got an error in secondary for unrecoverable error",
+        ] {
+            assert_eq!(logs.lines(text).len(), 1, "{text}: {}", logs.text());
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("backup/worker0/retr"))
+                .unwrap()
+                .count(),
+            2
+        );
+        out.shutdown().await;
+
+        // A delayed-commit (async) secondary is skipped.
+        let clock: Arc<dyn Clock> = TokioClock::starting_at(EventTime::new(1_000_000, 0));
+        let primary = Arc::new(Flaky::default());
+        primary.unrecoverable.store(true, Ordering::SeqCst);
+        let secondary = Delayed::new(&clock);
+        let (out, dir) = build(
+            &clock,
+            "",
+            "flush_mode immediate",
+            primary.clone(),
+            Some(secondary.clone()),
+        );
+        out.clone().start().await.unwrap();
+        out.emit("t", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(secondary.tries().is_empty());
+        assert_eq!(
+            logs.lines("got unrecoverable error in primary and secondary is async output. Skip secondary for backup").len(),
+            1,
+            "{}",
+            logs.text()
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("backup/worker0/retr"))
+                .unwrap()
+                .count(),
+            2
+        );
+        assert_eq!(out.buffer().stats(), BufferStats::default());
+        out.shutdown().await;
     }
 }

@@ -30,6 +30,12 @@
 //! is one gzip member (zstd frame) per chunk; when the buffer already holds members of the same
 //! kind and `recompress` is false, they are copied as they are.
 //!
+//! With a file buffer, `symlink_path` (placeholders expanded for the chunk) is a symbolic link
+//! to the file of the newest staged chunk: the buffer reports each new staged chunk file
+//! ([`Buffer::on_new_staged_file`]) and the link is replaced by a rename, unless the chunk is of
+//! an older time slice than the one linked. `symlink_path_use_relative` links with a relative
+//! path.
+//!
 //! # secondary_file
 //!
 //! Only valid as a `<secondary>`: writes the chunk's records to `<directory>/<basename>.<i>`
@@ -49,7 +55,8 @@ use bytes::Bytes;
 
 use crate::buffer::chunk_id::ChunkId;
 use crate::buffer::config::{BufferConfig, BufferType, ChunkKeys, Compress, OutputDefaults};
-use crate::buffer::metadata::MetadataBuilder;
+use crate::buffer::core::Buffer;
+use crate::buffer::metadata::{Metadata, MetadataBuilder};
 use crate::config::{ConfigError, Element, Param};
 use crate::event::EventTime;
 use crate::format::inject::Inject;
@@ -531,6 +538,101 @@ pub struct FileOutput {
     writer: Arc<FileWriter>,
     formatter: Box<dyn Formatter>,
     inject: Option<Inject>,
+    /// `symlink_path` with a file buffer.
+    symlink: Option<Arc<Symlink>>,
+}
+
+/// out_file's `symlink_path` (Fluentd's `SymlinkBufferMixin`): a symbolic link to the file of
+/// the newest staged chunk of the file buffer, moved to each new chunk file as it is created.
+#[derive(Debug)]
+struct Symlink {
+    /// `symlink_path`, placeholders unexpanded.
+    template: String,
+    /// `symlink_path_use_relative`: link to a path relative to the link's directory.
+    relative: bool,
+    dir_mode: u32,
+    placeholders: PlaceholderContext,
+    /// The newest time slice linked so far: a chunk of an older slice (late events) does not
+    /// take the link.
+    latest_timekey: Mutex<Option<i64>>,
+}
+
+impl Symlink {
+    /// A chunk file was created for `metadata`: point the link at it (`ln -sf`), unless it
+    /// belongs to a slice older than the one linked.
+    fn chunk_file_created(&self, metadata: &Metadata, id: ChunkId, chunk_path: &Path) {
+        if let Some(t) = metadata.timekey {
+            let mut latest = self
+                .latest_timekey
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if latest.is_some_and(|l| t < l) {
+                return;
+            }
+            *latest = Some(t);
+        }
+        let link = match placeholder::extract(&self.template, metadata, &id, &self.placeholders) {
+            Ok(l) => PathBuf::from(l),
+            Err(e) => {
+                tracing::warn!(chunk_id = %id, "symlink_path is not updated: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.link(&link, chunk_path) {
+            tracing::warn!(chunk_id = %id, "cannot link {} to {}: {e}", link.display(), chunk_path.display());
+        }
+    }
+
+    /// Makes `link` a symbolic link to `target`, replacing what is there in one rename.
+    fn link(&self, link: &Path, target: &Path) -> std::io::Result<()> {
+        let dir = dirname(link);
+        mkdir_p(dir, self.dir_mode)?;
+        let target = std::path::absolute(target)?;
+        let target = if self.relative {
+            relative_to(&target, &std::path::absolute(dir)?)
+        } else {
+            target
+        };
+        let name = link.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dir.join(format!(".{name}.sluice-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)?;
+        std::fs::rename(&tmp, link).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+}
+
+/// `path` relative to the directory `base` (both absolute), as Ruby's
+/// `Pathname#relative_path_from`.
+fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    use std::path::Component;
+    let norm = |p: &Path| -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = Vec::new();
+        for c in p.components() {
+            match c {
+                Component::Normal(n) => v.push(n.to_owned()),
+                Component::ParentDir => {
+                    v.pop();
+                }
+                _ => {}
+            }
+        }
+        v
+    };
+    let (p, b) = (norm(path), norm(base));
+    let common = p.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for part in &p[common..] {
+        out.push(part);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// out_file's own parameters.
@@ -543,6 +645,7 @@ struct Params {
     compress_name: &'static str,
     recompress: bool,
     symlink_path: Option<Param>,
+    symlink_path_use_relative: bool,
     time_slice_format: Option<String>,
     disk: Disk,
 }
@@ -595,7 +698,7 @@ impl Params {
         };
         let recompress = section.bool("recompress")?.unwrap_or(false);
         let symlink_path = section.param("symlink_path").cloned();
-        let _ = section.bool("symlink_path_use_relative")?;
+        let symlink_path_use_relative = section.bool("symlink_path_use_relative")?.unwrap_or(false);
         let time_slice_format = section.string("time_slice_format");
         Ok(Params {
             path,
@@ -606,6 +709,7 @@ impl Params {
             compress_name,
             recompress,
             symlink_path,
+            symlink_path_use_relative,
             time_slice_format,
             disk: disk(section, ctx)?,
         })
@@ -874,9 +978,17 @@ impl FileOutput {
                     ),
                 ));
             }
-            tracing::warn!(file = %sp.key_pos.file, line = sp.key_pos.line,
-                "symlink_path is not supported by sluice's file buffer yet; no symlink is created");
         }
+        let symlink = match (&params.symlink_path, file_buffer) {
+            (Some(sp), true) => Some(Arc::new(Symlink {
+                template: sp.value.clone(),
+                relative: params.symlink_path_use_relative,
+                dir_mode: params.disk.dir_mode,
+                placeholders: ph.clone(),
+                latest_timekey: Mutex::new(None),
+            })),
+            _ => None,
+        };
 
         let writer = FileWriter {
             template,
@@ -891,6 +1003,7 @@ impl FileOutput {
                 writer: Arc::new(writer),
                 formatter,
                 inject,
+                symlink,
             },
             cfg,
         ))
@@ -931,6 +1044,7 @@ impl FileOutput {
             writer: Arc::new(writer),
             formatter,
             inject,
+            symlink: None,
         })
     }
 
@@ -961,6 +1075,15 @@ impl ChunkWriter for FileOutput {
 
     fn write<'a>(&'a self, chunk: &'a WriteChunk) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
         spawn_write(self.writer.clone(), chunk, |w, wc| w.write_chunk(wc))
+    }
+
+    /// With `symlink_path` and a file buffer: links the path to each new staged chunk file.
+    fn start<'a>(&'a self, buffer: &'a Arc<Buffer>) -> BoxFuture<'a, Result<(), String>> {
+        if let (Some(link), true) = (&self.symlink, buffer.store().is_some()) {
+            let link = link.clone();
+            buffer.on_new_staged_file(move |m, id, path| link.chunk_file_created(m, id, path));
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -1927,5 +2050,20 @@ mod tests {
         let bad = chunk(meta(None, Some("/abs")), b"x\n", Compress::Text);
         let (o, _) = configure(&match_file(&format!("{p}/${{tag}}"), "", Some("tag"))).unwrap();
         assert!(o.write(&bad).await.unwrap_err().unrecoverable);
+    }
+
+    #[test]
+    fn relative_link_targets() {
+        let r = |p: &str, b: &str| relative_to(Path::new(p), Path::new(b));
+        assert_eq!(
+            r("/o/app/buffer.b1.log", "/o/links"),
+            Path::new("../app/buffer.b1.log")
+        );
+        assert_eq!(
+            r("/o/app/buffer.b1.log", "/o/app"),
+            Path::new("buffer.b1.log")
+        );
+        assert_eq!(r("/o/b.log", "/o/x/y"), Path::new("../../b.log"));
+        assert_eq!(r("/o/x/../b.log", "/o"), Path::new("b.log"));
     }
 }
