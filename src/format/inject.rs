@@ -329,6 +329,22 @@ fn enc_int(v: i64) -> Vec<u8> {
     b
 }
 
+/// Formats one event for an output's chunk: `<inject>` first (when configured), then the
+/// `<format>` formatter.
+pub fn format_event(
+    inject: Option<&Inject>,
+    formatter: &dyn super::Formatter,
+    tag: &str,
+    time: EventTime,
+    record: &[u8],
+    out: &mut Vec<u8>,
+) {
+    match inject {
+        Some(i) => formatter.format(tag, time, &i.apply(tag, time, record), out),
+        None => formatter.format(tag, time, record, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

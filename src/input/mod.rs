@@ -60,6 +60,29 @@ where
     }
 }
 
+/// Binds a TCP listener on `bind:port` (a host name is resolved; the first address is used)
+/// with `SO_REUSEADDR`, as every socket input does.
+pub async fn listen_tcp(
+    bind: &str,
+    port: u16,
+    backlog: u32,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: std::net::SocketAddr = tokio::net::lookup_host((bind, port))
+        .await?
+        .next()
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "bind address not found")
+        })?;
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(backlog)
+}
+
 /// An input plugin instance.
 pub trait Input: Send + Sync + std::fmt::Debug {
     /// Runs the input until shutdown.

@@ -40,7 +40,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, Element};
@@ -112,20 +111,7 @@ impl Prometheus {
     }
 
     async fn listen(&self) -> std::io::Result<tokio::net::TcpListener> {
-        let addr: SocketAddr = tokio::net::lookup_host((self.bind.as_str(), self.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "bind address not found")
-            })?;
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        sock.set_reuseaddr(true)?;
-        sock.bind(addr)?;
-        sock.listen(128)
+        super::listen_tcp(&self.bind, self.port, 128).await
     }
 
     /// The answer to one request.

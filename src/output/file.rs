@@ -1064,13 +1064,14 @@ impl ChunkWriter for FileOutput {
     }
 
     fn format(&self, tag: &str, time: EventTime, record: &[u8], out: &mut Vec<u8>) {
-        match &self.inject {
-            Some(i) => {
-                let r = i.apply(tag, time, record);
-                self.formatter.format(tag, time, &r, out);
-            }
-            None => self.formatter.format(tag, time, record, out),
-        }
+        crate::format::inject::format_event(
+            self.inject.as_ref(),
+            &*self.formatter,
+            tag,
+            time,
+            record,
+            out,
+        );
     }
 
     fn write<'a>(&'a self, chunk: &'a WriteChunk) -> BoxFuture<'a, Result<(), ChunkWriteError>> {

@@ -61,11 +61,10 @@ pub mod protocol;
 pub mod security;
 pub mod tls;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -203,20 +202,8 @@ impl Forward {
     }
 
     async fn listen(&self) -> std::io::Result<(tokio::net::TcpListener, Option<UdpSocket>)> {
-        let addr: SocketAddr = tokio::net::lookup_host((self.bind.as_str(), self.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "bind address not found")
-            })?;
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        sock.set_reuseaddr(true)?;
-        sock.bind(addr)?;
-        let listener = sock.listen(self.backlog)?;
+        let listener = super::listen_tcp(&self.bind, self.port, self.backlog).await?;
+        let addr = listener.local_addr()?;
         let udp = match UdpSocket::bind(listener.local_addr()?).await {
             Ok(u) => Some(u),
             Err(e) => {

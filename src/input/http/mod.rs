@@ -78,7 +78,6 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpSocket;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, Element};
@@ -373,20 +372,7 @@ impl Http {
     }
 
     async fn listen(&self) -> std::io::Result<tokio::net::TcpListener> {
-        let addr: SocketAddr = tokio::net::lookup_host((self.bind.as_str(), self.port))
-            .await?
-            .next()
-            .ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "bind address not found")
-            })?;
-        let sock = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        sock.set_reuseaddr(true)?;
-        sock.bind(addr)?;
-        sock.listen(self.backlog)
+        super::listen_tcp(&self.bind, self.port, self.backlog).await
     }
 }
 
