@@ -2,7 +2,9 @@
 //! the Fluentd buffer reference (`reference/fluentd-buffer.md`): start-up checks through `sluice --dry-run`
 //! (§8.1: 4, 6–10, 33, 34), and file names and contents through the real binary fed by the
 //! Forward protocol, flushed with SIGUSR1 and stopped with SIGTERM ("FLUSH-STOP"), compared
-//! byte for byte (§8.2: 37–55, §8.3: 57–64, §8.4: 73 (STOP only), §8.5: 76).
+//! byte for byte (§8.2: 37–55, with fresh processes for 46, §8.3: 57–64, §8.4: 73 (STOP
+//! only), §8.5: 76), §8.6: 95 (STOP in retry state, memory and file buffers) and §8.7: 97 (the
+//! backup below `root_dir`, with `dir_permission`).
 //!
 //! Run scenarios use `<buffer> @type memory </buffer>` where the reference relies on
 //! out_file's default file buffer (file names and contents do not depend on the buffer type);
@@ -238,9 +240,15 @@ impl Scenario {
     /// and `$TMP` by the scenario's temporary directory. `prepare` runs before the start.
     fn start_with(matches: &str, system: &str, prepare: impl FnOnce(&Path)) -> Scenario {
         let dir = tmp();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        prepare(&dir.path().join("out"));
+        Scenario::start_in(dir, matches, system)
+    }
+
+    /// Starts a fresh sluice process in `dir` (whose `out` directory exists), as
+    /// [`Scenario::start_with`] does: a later run of a scenario over what earlier ones left.
+    fn start_in(dir: TempDir, matches: &str, system: &str) -> Scenario {
         let out = dir.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        prepare(&out);
         let port = free_forward_port();
         let subst = |s: &str| {
             s.replace("$OUT", &out.display().to_string())
@@ -280,14 +288,25 @@ impl Scenario {
     /// FLUSH-STOP: SIGUSR1, wait until every `expected` file (relative to `out`) exists, then
     /// SIGTERM. Returns every file below `out` and sluice's stderr.
     fn flush_stop(self, expected: &[&str]) -> (Vec<(String, Vec<u8>)>, String, TempDir) {
+        let out = self.out.clone();
+        self.flush_stop_when(&format!("files {expected:?}"), || {
+            expected.iter().all(|f| out.join(f).is_file())
+        })
+    }
+
+    /// FLUSH-STOP: SIGUSR1, wait until `done` holds (`what` describes it), then SIGTERM.
+    /// Returns every file below `out` and sluice's stderr.
+    fn flush_stop_when(
+        self,
+        what: &str,
+        done: impl FnMut() -> bool,
+    ) -> (Vec<(String, Vec<u8>)>, String, TempDir) {
         self.daemon.signal("USR1");
-        let ok = wait_until(Duration::from_secs(5), || {
-            expected.iter().all(|f| self.out.join(f).is_file())
-        });
+        let ok = wait_until(Duration::from_secs(5), done);
         let (code, stderr) = self.daemon.stop();
         assert!(
             ok,
-            "files {expected:?} did not appear; found {:?}\n{stderr}",
+            "{what} did not appear; found {:?}\n{stderr}",
             files_below(&self.out)
                 .iter()
                 .map(|f| &f.0)
@@ -395,6 +414,91 @@ fn scenario_045_record_field_named_tag() {
             ),
         ])
     );
+}
+
+/// 2011-01-02 13:14:15 UTC.
+const T46: i64 = 1293974055;
+
+/// What each run of scenario 46 writes (two events, `utc`).
+const S46_LINES: &str =
+    "2011-01-02T13:14:15Z\ttest\t{\"a\":1}\n2011-01-02T13:14:15Z\ttest\t{\"a\":2}\n";
+
+/// One run of scenario 46 in a fresh process on `dir`: `test @ 2011-01-02 13:14:15 UTC`
+/// `{"a":1}` and `{"a":2}`, then FLUSH-STOP once `done(out)` holds.
+fn s46_run(
+    dir: TempDir,
+    matches: &str,
+    what: &str,
+    done: impl Fn(&Path) -> bool,
+) -> (Vec<(String, Vec<u8>)>, TempDir) {
+    let mut s = Scenario::start_in(dir, matches, "");
+    s.emit("test", &[(T46, 0, json!({"a": 1}))]);
+    s.emit("test", &[(T46, 0, json!({"a": 2}))]);
+    let out = s.out.clone();
+    let (files, _, dir) = s.flush_stop_when(what, || done(&out));
+    (files, dir)
+}
+
+fn gunzip(gz: &[u8]) -> String {
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "a gzip file");
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::MultiGzDecoder::new(gz), &mut text).unwrap();
+    text
+}
+
+#[test]
+fn scenario_046_gz_fresh_runs_take_the_next_index() {
+    // Three fresh processes on the same directory: each finds the files of the earlier runs
+    // and takes the next index.
+    let matches = file_match(
+        "$OUT/out_file_test",
+        &format!(
+            "  compress gz\n  utc\n{}",
+            memory("", "    timekey_use_utc true\n")
+        ),
+    );
+    let mut dir = tmp();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    let mut names: Vec<String> = Vec::new();
+    for run in 0..3 {
+        let name = format!("out_file_test.20110102_{run}.log.gz");
+        let (files, d) = s46_run(dir, &matches, &name, |out| out.join(&name).is_file());
+        dir = d;
+        names.push(name);
+        assert_eq!(
+            files.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+            names,
+            "after run {}",
+            run + 1
+        );
+        for (name, gz) in &files {
+            assert_eq!(gunzip(gz), S46_LINES, "{name} after run {}", run + 1);
+        }
+    }
+}
+
+#[test]
+fn scenario_046_append_fresh_runs_append_to_one_file() {
+    // `append true` (no compress): every run appends its two lines to the same file.
+    let matches = file_match(
+        "$OUT/out_file_test",
+        &format!(
+            "  append true\n  utc\n{}",
+            memory("", "    timekey_use_utc true\n")
+        ),
+    );
+    let name = "out_file_test.20110102.log";
+    let mut dir = tmp();
+    std::fs::create_dir(dir.path().join("out")).unwrap();
+    for run in 1..=3 {
+        let expect = S46_LINES.repeat(run);
+        let (files, d) = s46_run(dir, &matches, &format!("{} lines", 2 * run), |out| {
+            std::fs::read(out.join(name)).is_ok_and(|c| c.len() >= expect.len())
+        });
+        dir = d;
+        assert_eq!(files, owned(&[(name, &expect)]), "after run {run}");
+        assert_eq!(expect.lines().count(), 2 * run);
+    }
 }
 
 #[test]
@@ -789,6 +893,214 @@ fn scenario_076_overflow_with_a_hard_total_limit() {
         !d.path().join("root/backup").exists(),
         "nothing was backed up"
     );
+}
+
+/// Scenario 95's `<match>` (`@id s95`): `<buffer []>` with the buffer type lines `buffer`,
+/// `flush_mode interval` `flush_interval 1s` `retry_wait 5s` `flush_at_shutdown true`, writing
+/// `$OUT/d/app_<n>.log`, which fails while `$OUT/d` is a regular file.
+fn s95_match(buffer: &str) -> String {
+    file_match(
+        "$OUT/d/app",
+        &format!(
+            "  @id s95\n  <buffer []>\n{buffer}    flush_mode interval\n    flush_interval 1s\n    retry_wait 5s\n    flush_at_shutdown true\n  </buffer>\n"
+        ),
+    )
+}
+
+/// Scenario 95 up to STOP (root_dir `$TMP/root`): line(1), the flush fails (retry state, next
+/// retry 5 s later), the destination is repaired, line(2), STOP before the retry. Returns
+/// sluice's stderr and the scenario directory.
+fn s95_until_stop(buffer: &str) -> (String, TempDir) {
+    let mut s = Scenario::start_with(&s95_match(buffer), "  root_dir $TMP/root", |_| {});
+    // Blocked after the start-up check (which refuses a destination it cannot write).
+    std::fs::write(s.out.join("d"), b"in the way").unwrap();
+    s.emit("t", &[ev(json!({"n": 1}))]);
+    let failed = "failed to flush the buffer. retry_times=0";
+    assert!(
+        wait_until(Duration::from_secs(5), || s.daemon.count_in_stderr(failed)
+            == 1),
+        "{}",
+        s.daemon.stderr()
+    );
+    let failed_at = std::time::Instant::now();
+    std::fs::remove_file(s.out.join("d")).unwrap();
+    s.emit("t", &[ev(json!({"n": 2}))]);
+    let (code, stderr) = s.daemon.stop();
+    assert!(
+        failed_at.elapsed() < Duration::from_secs(4),
+        "STOP came before the retry"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("failed to flush the buffer").count(),
+        1,
+        "no attempt after the first one (retry state at STOP)\n{stderr}"
+    );
+    assert!(!stderr.contains("retry succeeded"), "{stderr}");
+    (stderr, s.dir)
+}
+
+#[test]
+fn scenario_095_stop_in_retry_state_memory_buffer_goes_to_backup() {
+    // Deviation from Fluentd (reference preface and §4, docs/compatibility.md "Stopping while
+    // the output is retrying … does not lose memory chunks"): Fluentd writes no file and loses
+    // both events; sluice writes no file either, but keeps both memory chunks in the backup
+    // directory instead of losing them.
+    let (stderr, d) = s95_until_stop("    @type memory\n");
+    assert_eq!(
+        files_below(&d.path().join("out")),
+        vec![],
+        "no file is written"
+    );
+    let backup = d.path().join("root/backup/worker0/s95");
+    let files = files_below(&backup);
+    // Chunk ids are time-ordered: the failed chunk, then the one staged at STOP.
+    let data: Vec<&(String, Vec<u8>)> = files.iter().filter(|f| is_chunk_log(&f.0)).collect();
+    assert_eq!(
+        data.iter().map(|f| f.1.clone()).collect::<Vec<_>>(),
+        vec![line(1).into_bytes(), line(2).into_bytes()],
+        "{files:?}"
+    );
+    let mut names: Vec<String> = data
+        .iter()
+        .flat_map(|f| [f.0.clone(), format!("{}.meta.json", f.0)])
+        .collect();
+    names.sort();
+    assert_eq!(
+        files.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+        names,
+        "each data file with its metadata, nothing else"
+    );
+    for (name, meta) in files.iter().filter(|f| f.0.ends_with(".meta.json")) {
+        let meta: serde_json::Value = serde_json::from_slice(meta).unwrap();
+        assert_eq!(meta["records"], 1, "{name}");
+        assert_eq!(meta["reason"], "not written before shutdown", "{name}");
+    }
+    let warn = stderr
+        .lines()
+        .find(|l| l.contains("buffered chunks could not be written before shutdown"))
+        .unwrap_or_else(|| panic!("no shutdown warning:\n{stderr}"));
+    assert!(
+        warn.contains(&format!("moving them to {}", backup.display()))
+            && warn.contains("chunks=2 records=2"),
+        "{warn}"
+    );
+    assert_eq!(
+        stderr.matches("bad chunk is moved to").count(),
+        2,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn scenario_095_stop_in_retry_state_file_buffer_keeps_queued_chunks() {
+    // File buffer: at STOP every pending chunk is queued on disk, the one staged at stop time
+    // included, as `buffer.q<id>.log`. Deviation from Fluentd: sluice keeps a chunk's metadata
+    // in a header frame inside the chunk file (src/buffer/file.rs), so there is no
+    // `buffer.q<id>.log.meta` beside it; besides the chunks the directory holds only sluice's
+    // lock file.
+    let buffer = "    @type file\n    path $OUT/buf\n";
+    let (_stderr, d) = s95_until_stop(buffer);
+    let out = d.path().join("out");
+    let is_queued = |n: &str| {
+        n.len() == "buffer.q".len() + 32 + ".log".len()
+            && n.starts_with("buffer.q")
+            && n.ends_with(".log")
+            && n[8..40].chars().all(|c| c.is_ascii_hexdigit())
+    };
+    let files = files_below(&out);
+    let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| *n == "buf/.buffer.sluice.lock"
+                || n.strip_prefix("buf/").is_some_and(is_queued)),
+        "only queued chunk files (and the lock) in the buffer directory, no output: {names:?}"
+    );
+    // Ids are time-ordered: the failed chunk, then the one staged at STOP, each holding its
+    // line inside sluice's frames.
+    let chunks: Vec<&(String, Vec<u8>)> = files
+        .iter()
+        .filter(|f| f.0.strip_prefix("buf/").is_some_and(is_queued))
+        .collect();
+    assert_eq!(chunks.len(), 2, "{names:?}");
+    for (chunk, n) in chunks.iter().zip([1, 2]) {
+        let l = line(n);
+        assert!(
+            chunk.1.windows(l.len()).any(|w| w == l.as_bytes()),
+            "{} holds line({n})",
+            chunk.0
+        );
+    }
+    assert!(!d.path().join("root/backup").exists(), "nothing backed up");
+    // The next start resumes them and, the destination being repaired, writes them in order.
+    let s = Scenario::start_in(d, &s95_match(buffer), "  root_dir $TMP/root");
+    let (files, _, _d) = s.flush_stop(&["d/app_0.log", "d/app_1.log"]);
+    assert_eq!(
+        files,
+        owned(&[
+            ("buf/.buffer.sluice.lock", ""),
+            ("d/app_0.log", &line(1)),
+            ("d/app_1.log", &line(2)),
+        ])
+    );
+}
+
+#[test]
+fn scenario_097_backup_below_root_dir_with_dir_permission() {
+    // The driver tests (`output::buffered::tests::scenario_097_…`) cover every unrecoverable
+    // error class; here the real binary shows where `<system> root_dir` and `dir_permission`
+    // put the backup of out_file's unrecoverable error (a tag that leaves the directory).
+    for (dir_permission, mode) in [("", 0o755), ("\n  dir_permission 744", 0o744)] {
+        let matches = format!(
+            "<match **>\n  @type file\n  @id backup_test\n  path $OUT/logs/${{tag}}\n{}</match>\n",
+            memory("tag", "")
+        );
+        let system = format!("  root_dir $TMP/root{dir_permission}");
+        let mut s = Scenario::start_with(&matches, &system, |_| {});
+        s.emit("../evil", &[ev(json!({"n": 1}))]);
+        let root = s.dir.path().join("root");
+        let backup = root.join("backup/worker0/backup_test");
+        s.daemon.signal("USR1");
+        assert!(
+            wait_until(Duration::from_secs(5), || files_below(&backup)
+                .iter()
+                .any(|f| is_chunk_log(&f.0))),
+            "{}",
+            s.daemon.stderr()
+        );
+        let (code, stderr) = s.daemon.stop();
+        assert_eq!(code, Some(0), "{stderr}");
+        let (name, data) = backup_file(&backup);
+        assert!(is_chunk_log(&name), "{name}");
+        assert_eq!(data, b"2016-10-03T23:58:09+00:00\t../evil\t{\"n\":1}\n");
+        for d in ["backup", "backup/worker0", "backup/worker0/backup_test"] {
+            let m = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(root.join(d)).unwrap().permissions(),
+            ) & 0o777;
+            assert_eq!(
+                format!("{m:o}"),
+                format!("{mode:o}"),
+                "{d} with system{dir_permission:?}"
+            );
+        }
+        assert!(
+            stderr.contains("got unrecoverable error in primary and no secondary error_class=Fluent::UnrecoverableError error=\"Invalid path component detected in tag: ../evil\""),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!(
+                "bad chunk is moved to {} ",
+                backup.join(&name).display()
+            )),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("failed to flush the buffer"),
+            "not retried\n{stderr}"
+        );
+        assert_eq!(files_below(&s.out), vec![], "nothing written");
+    }
 }
 
 /// The target of the symbolic link `link`, which must be a staged chunk file

@@ -333,6 +333,9 @@ pub struct BufferedOutput {
     stop: tokio::sync::watch::Sender<bool>,
     stopping: AtomicBool,
     backup_dir: PathBuf,
+    /// Permissions of backup files and of the directories created for them (`<system>`
+    /// `file_permission`, `dir_permission`).
+    backup_modes: (u32, u32),
     log_zone: Zone,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     counters: Counters,
@@ -393,6 +396,7 @@ impl BufferedOutput {
         };
         BufferedOutput {
             backup_dir: backup_dir(ctx.root_dir.as_deref(), &safe_plugin_id(&plugin_id)),
+            backup_modes: (ctx.file_mode, ctx.dir_mode),
             plugin_id,
             metadata: MetadataBuilder::new(&cfg),
             primary,
@@ -934,33 +938,41 @@ impl BufferedOutput {
 
     async fn unrecoverable(&self, wc: WriteChunk, e: ChunkWriteError, on_secondary: bool) {
         let id = wc.chunk.id;
+        // Fluentd logs the error as `error_class=<class> error="<message>"` after the text.
+        let error =
+            |e: &ChunkWriteError| format!("error_class={} error=\"{}\"", e.class, e.message);
         if on_secondary {
-            tracing::warn!(plugin_id = %self.plugin_id, error = %e, "got unrecoverable error in secondary.");
+            tracing::warn!(plugin_id = %self.plugin_id, "got unrecoverable error in secondary. {}", error(&e));
         } else {
             match &self.secondary {
-                None => {
-                    tracing::warn!(plugin_id = %self.plugin_id, error = %e, "got unrecoverable error in primary and no secondary")
-                }
+                None => tracing::warn!(
+                    plugin_id = %self.plugin_id,
+                    "got unrecoverable error in primary and no secondary {}", error(&e)
+                ),
                 Some(s) if s.type_name() == self.primary.type_name() => tracing::warn!(
-                    plugin_id = %self.plugin_id, error = %e,
-                    "got unrecoverable error in primary and secondary type is same as primary. Skip secondary"
+                    plugin_id = %self.plugin_id,
+                    "got unrecoverable error in primary and secondary type is same as primary. Skip secondary {}",
+                    error(&e)
                 ),
                 // A delayed commit of the secondary would leave the chunk in flight on both sides.
                 Some(s) if s.delayed_commit() => tracing::warn!(
-                    plugin_id = %self.plugin_id, error = %e,
-                    "got unrecoverable error in primary and secondary is async output. Skip secondary for backup"
+                    plugin_id = %self.plugin_id,
+                    "got unrecoverable error in primary and secondary is async output. Skip secondary for backup {}",
+                    error(&e)
                 ),
                 Some(s) => {
-                    tracing::warn!(plugin_id = %self.plugin_id, error = %e, "got unrecoverable error in primary. Skip retry and flush chunk to secondary");
+                    tracing::warn!(plugin_id = %self.plugin_id,
+                        "got unrecoverable error in primary. Skip retry and flush chunk to secondary {}", error(&e));
                     match s.write(&wc).await {
                         Ok(()) => {
                             self.buffer().purge(id);
                             self.written(true);
                             return;
                         }
-                        Err(e2) => {
-                            tracing::warn!(plugin_id = %self.plugin_id, error = %e2, "got an error in secondary for unrecoverable error")
-                        }
+                        Err(e2) => tracing::warn!(
+                            plugin_id = %self.plugin_id,
+                            "got an error in secondary for unrecoverable error {}", error(&e2)
+                        ),
                     }
                 }
             }
@@ -994,8 +1006,19 @@ impl BufferedOutput {
         self.counters.backed_up.fetch_add(1, Ordering::Relaxed);
         let path = self.backup_dir.join(format!("{}.log", chunk.id));
         let wc = self.write_chunk(chunk.clone());
+        let (file_mode, dir_mode) = self.backup_modes;
+        let create = |p: &std::path::Path| {
+            std::os::unix::fs::OpenOptionsExt::mode(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true),
+                file_mode,
+            )
+            .open(p)
+        };
         let result = (|| -> std::io::Result<()> {
-            std::fs::create_dir_all(&self.backup_dir)?;
+            super::file::mkdir_p(&self.backup_dir, dir_mode)?;
             let data = wc.data()?;
             let meta = serde_json::json!({
                 "id": chunk.id.to_string(),
@@ -1009,16 +1032,16 @@ impl BufferedOutput {
                 "format": if wc.formatted { "formatted" } else { "msgpack" },
                 "reason": reason,
             });
-            std::fs::write(
-                path.with_extension("log.meta.json"),
-                serde_json::to_vec_pretty(&meta)?,
-            )?;
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
+            let mut m = create(&path.with_extension("log.meta.json"))?;
+            std::io::Write::write_all(&mut m, &serde_json::to_vec_pretty(&meta)?)?;
+            m.sync_all()?;
+            // Truncated, not appended as Fluentd does: a backup interrupted by a crash is
+            // written again whole (the chunk is still in the buffer), never twice.
+            let mut f = create(&path)?;
             std::io::Write::write_all(&mut f, &data)?;
-            f.sync_all()
+            f.sync_all()?;
+            // The new names must survive a crash too: the chunk is purged right after.
+            std::fs::File::open(&self.backup_dir)?.sync_all()
         })();
         match result {
             Ok(()) => {
@@ -1273,12 +1296,17 @@ mod tests {
     }
 
     /// A writer that fails while `failing` is set and records the times of its attempts and the
-    /// chunks it wrote. Each event is formatted as `line_len` bytes (`x…x\n`; 2 when 0).
+    /// chunks it wrote. Each event is formatted as `line_len` bytes (`x…x\n`; 2 when 0). While
+    /// `unrecoverable` is set it fails with an unrecoverable error of class `class`
+    /// (`Fluent::UnrecoverableError` when empty).
     #[derive(Debug, Default)]
     struct Flaky {
         failing: AtomicBool,
         unrecoverable: AtomicBool,
+        class: &'static str,
         attempts: Mutex<Vec<f64>>,
+        /// The chunk of each attempt.
+        attempted: Mutex<Vec<ChunkId>>,
         writes: Mutex<Vec<Written>>,
         written: AtomicUsize,
         clock: Mutex<Option<Arc<dyn Clock>>>,
@@ -1323,8 +1351,13 @@ mod tests {
         ) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
             let now = self.now();
             self.attempts.lock().unwrap().push(now);
+            self.attempted.lock().unwrap().push(chunk.chunk.id);
             let r = if self.unrecoverable.load(Ordering::SeqCst) {
-                Err(ChunkWriteError::unrecoverable("bad path"))
+                let mut e = ChunkWriteError::unrecoverable("bad path");
+                if !self.class.is_empty() {
+                    e.class = self.class.into();
+                }
+                Err(e)
             } else if self.failing.load(Ordering::SeqCst) {
                 Err(ChunkWriteError::retryable("Errno::ECONNREFUSED", "down"))
             } else {
@@ -1456,11 +1489,26 @@ mod tests {
         primary: Arc<dyn ChunkWriter>,
         secondary: Option<Arc<dyn ChunkWriter>>,
     ) -> (Arc<BufferedOutput>, tempfile::TempDir) {
+        build_as(clock, "retr", |_| {}, arg, buffer, primary, secondary)
+    }
+
+    /// [`build`] with plugin id `id` and the build context (root_dir = the returned directory)
+    /// changed by `adjust`.
+    fn build_as(
+        clock: &Arc<dyn Clock>,
+        id: &str,
+        adjust: impl FnOnce(&mut crate::output::BuildContext),
+        arg: &str,
+        buffer: &str,
+        primary: Arc<dyn ChunkWriter>,
+        secondary: Option<Arc<dyn ChunkWriter>>,
+    ) -> (Arc<BufferedOutput>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let mut ctx = crate::output::BuildContext::new(Some(dir.path().to_path_buf()));
         ctx.clock = clock.clone();
+        adjust(&mut ctx);
         let out = Arc::new(BufferedOutput::new(
-            "retr".into(),
+            id.into(),
             primary,
             secondary,
             config(arg, buffer),
@@ -1552,19 +1600,176 @@ mod tests {
         out.shutdown().await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn unrecoverable_goes_to_backup_without_retry() {
-        let (out, primary, _clock, dir) = setup("flush_mode immediate", None);
+    /// Permission bits of `p`.
+    fn mode_of(p: &std::path::Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The names in directory `d`, sorted.
+    fn names_in(d: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An output `backup_test` (`<buffer tag>`, interval mode, flush_interval 1) whose primary
+    /// fails with an unrecoverable error of `class`; root_dir is the returned directory and
+    /// `adjust` changes the build context (e.g. `<system> dir_permission`).
+    fn unrecoverable_setup(
+        class: &'static str,
+        buffer: &str,
+        adjust: impl FnOnce(&mut crate::output::BuildContext),
+    ) -> Setup {
+        let clock: Arc<dyn Clock> = TokioClock::starting_at(EventTime::new(1_000_000, 0));
+        let primary = Arc::new(Flaky {
+            class,
+            line_len: 8,
+            ..Default::default()
+        });
+        *primary.clock.lock().unwrap() = Some(clock.clone());
         primary.unrecoverable.store(true, Ordering::SeqCst);
+        let (out, root) = build_as(
+            &clock,
+            "backup_test",
+            adjust,
+            "tag",
+            &format!("flush_interval 1\nflush_thread_burst_interval 0.1\n{buffer}"),
+            primary.clone(),
+            None,
+        );
+        (out, primary, clock, root)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_097_unrecoverable_error_goes_to_backup_without_retry() {
+        // Each error class Fluentd treats as unrecoverable (sluice's writers mark such errors
+        // `unrecoverable` and name the class), with the default directory mode, then once more
+        // with `<system> dir_permission 744` (the build context's dir_mode).
+        let classes = [
+            "Fluent::UnrecoverableError",
+            "TypeError",
+            "ArgumentError",
+            "NoMethodError",
+            "MessagePack::UnpackError",
+            "EncodingError",
+            "JSON::GeneratorError",
+        ];
+        let cases = classes
+            .iter()
+            .map(|c| (*c, None))
+            .chain([("Fluent::UnrecoverableError", Some(0o744))]);
+        for (class, dir_permission) in cases {
+            let (logs, guard) = Logs::capture();
+            let (out, primary, _clock, root) = unrecoverable_setup(class, "", |ctx| {
+                if let Some(m) = dir_permission {
+                    ctx.dir_mode = m;
+                }
+            });
+            out.clone().start().await.unwrap();
+            out.emit("test.tag.1", one_event()).await.unwrap();
+            // Written within 2 s (flush_interval 1); a retry would come 1 s (retry_wait) later.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let attempted = primary.attempted.lock().unwrap().clone();
+            assert_eq!(attempted.len(), 1, "{class}: not retried");
+            let id = attempted[0].to_string();
+            assert!(
+                id.len() == 32
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                "{id}"
+            );
+            // R/backup/worker0/backup_test/<chunk id hex>.log holds the chunk's data.
+            let backup_dir = root.path().join("backup/worker0/backup_test");
+            let data = backup_dir.join(format!("{id}.log"));
+            assert_eq!(
+                names_in(&backup_dir),
+                vec![format!("{id}.log"), format!("{id}.log.meta.json")],
+                "{class}"
+            );
+            assert_eq!(std::fs::read(&data).unwrap(), b"xxxxxxx\n");
+            let warn = logs.lines("got unrecoverable error in primary and no secondary");
+            assert_eq!(warn.len(), 1, "{class}: {}", logs.text());
+            assert!(
+                warn[0].contains("WARN")
+                    && warn[0].contains(&format!(
+                        "no secondary error_class={class} error=\"bad path\""
+                    )),
+                "{warn:?}"
+            );
+            let moved = logs.lines("bad chunk is moved to ");
+            assert_eq!(moved.len(), 1, "{}", logs.text());
+            assert!(
+                moved[0].contains(&format!("bad chunk is moved to {} ", data.display())),
+                "{moved:?}"
+            );
+            // No retry state, nothing left in the buffer.
+            assert!(logs.lines("failed to flush the buffer").is_empty());
+            assert!(!out.retrying());
+            assert_eq!(out.buffer().stats(), BufferStats::default());
+            let m = out.metrics().unwrap();
+            assert_eq!(
+                (m.write_errors, m.backed_up, m.write_count, m.rollback_count),
+                (1, 1, 0, 0)
+            );
+            // Directories 0755 (or dir_permission), files 0644, as Fluentd creates them.
+            let dir_mode = dir_permission.unwrap_or(0o755);
+            for d in ["backup", "backup/worker0", "backup/worker0/backup_test"] {
+                assert_eq!(
+                    format!("{:o}", mode_of(&root.path().join(d))),
+                    format!("{dir_mode:o}"),
+                    "{d} with dir_permission {dir_permission:?}"
+                );
+            }
+            assert_eq!(format!("{:o}", mode_of(&data)), "644");
+            out.shutdown().await;
+            drop(guard);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_098_disable_chunk_backup_throws_the_chunk_away() {
+        let (logs, _guard) = Logs::capture();
+        let (out, primary, _clock, root) = unrecoverable_setup(
+            "Fluent::UnrecoverableError",
+            "disable_chunk_backup true",
+            |_| {},
+        );
         out.clone().start().await.unwrap();
-        out.emit("t", one_event()).await.unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(primary.attempts.lock().unwrap().len(), 1);
-        let data = std::fs::read_dir(dir.path().join("backup/worker0/retr"))
-            .unwrap()
-            .count();
-        assert_eq!(data, 2, "data file and its metadata");
+        out.emit("test.tag.1", one_event()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let attempted = primary.attempted.lock().unwrap().clone();
+        assert_eq!(attempted.len(), 1, "not retried");
+        assert_eq!(
+            logs.lines("got unrecoverable error in primary and no secondary")
+                .len(),
+            1,
+            "{}",
+            logs.text()
+        );
+        let thrown = logs.lines("disable_chunk_backup is true");
+        assert_eq!(thrown.len(), 1, "{}", logs.text());
+        assert!(
+            thrown[0].contains("WARN")
+                && thrown[0].contains(&format!(
+                    "disable_chunk_backup is true. {} chunk is thrown away",
+                    attempted[0]
+                )),
+            "{thrown:?}"
+        );
+        // No backup file (not even the directory), and the chunk is gone.
+        assert!(!root.path().join("backup").exists());
+        assert!(logs.lines("bad chunk is moved to").is_empty());
+        assert!(logs.lines("failed to flush the buffer").is_empty());
+        assert_eq!(out.buffer().stats(), BufferStats::default());
+        let m = out.metrics().unwrap();
+        assert_eq!((m.write_errors, m.backed_up, m.write_count), (1, 0, 0));
         out.shutdown().await;
+        assert!(!root.path().join("backup").exists(), "nothing left at stop");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1742,6 +1947,116 @@ mod tests {
         out.shutdown().await;
     }
 
+    /// `n` emits of one event each to `tag`.
+    async fn emit_n(out: &BufferedOutput, tag: &str, n: usize) {
+        for _ in 0..n {
+            out.emit(tag, one_event()).await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scenario_075_full_chunk_written_at_once_unless_retrying() {
+        // 100-byte events, chunk_limit_size 1000: the tenth event makes a chunk full
+        // (1000 >= 1000 * 0.95; nine are 900).
+        let flaky = || Flaky {
+            line_len: 100,
+            ..Default::default()
+        };
+        let w = |at: f64, records: u64| Written {
+            at,
+            tag: None,
+            records,
+        };
+
+        // Time key (lazy mode): the day's chunk is due at 1970-01-13 00:10:00 UTC (timekey end
+        // 1_036_800 + timekey_wait 600), but a full chunk is written at once.
+        let t0 = 1_000_000.0;
+        let (out, primary, clock, _dir) = setup_with(
+            t0 as i64,
+            "time",
+            "timekey 86400\ntimekey_zone +0000\ntimekey_wait 600\nchunk_limit_size 1000\nflush_thread_burst_interval 0.1",
+            flaky(),
+            None,
+        );
+        out.clone().start().await.unwrap();
+        emit_n(&out, "t", 12).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(primary.writes(), vec![w(t0, 10)]);
+        assert_eq!(
+            out.buffer().layout(),
+            (vec![], vec![2]),
+            "the rest is staged"
+        );
+        // The staged rest waits for timekey + timekey_wait.
+        sleep_until(&clock, 1_037_399.0).await;
+        assert_eq!(primary.writes().len(), 1);
+        sleep_until(&clock, 1_037_500.0).await;
+        let ws = primary.writes();
+        assert_eq!(ws.len(), 2, "{ws:?}");
+        assert_eq!(ws[1].records, 2);
+        assert!(ws[1].at >= 1_037_400.0, "{ws:?}");
+        out.shutdown().await;
+
+        // Interval mode, flush_interval 60: the same, the rest is written 60 s after its
+        // chunk was created.
+        let (out, primary, clock, _dir) = setup_with(
+            t0 as i64,
+            "[]",
+            "flush_mode interval\nflush_interval 60\nchunk_limit_size 1000\nflush_thread_burst_interval 0.1",
+            flaky(),
+            None,
+        );
+        out.clone().start().await.unwrap();
+        emit_n(&out, "t", 12).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(primary.writes(), vec![w(t0, 10)]);
+        sleep_until(&clock, t0 + 59.9).await;
+        assert_eq!(primary.writes().len(), 1);
+        sleep_until(&clock, t0 + 70.0).await;
+        let ws = primary.writes();
+        assert_eq!(ws.len(), 2, "{ws:?}");
+        assert_eq!(ws[1].records, 2);
+        assert!(ws[1].at >= t0 + 60.0 && ws[1].at <= t0 + 66.0, "{ws:?}");
+        out.shutdown().await;
+
+        // In retry state a chunk that becomes full waits for the retry time: chunk A fails at
+        // t0 (next retry t0 + 10); the destination is repaired; chunk B becomes full at t0 + 2
+        // and is not written before the retry writes A at t0 + 10; B follows after the burst
+        // interval.
+        let (logs, _guard) = Logs::capture();
+        let (out, primary, clock, _dir) = setup_with(
+            t0 as i64,
+            "time",
+            "timekey 86400\ntimekey_zone +0000\ntimekey_wait 600\nchunk_limit_size 1000\nflush_thread_burst_interval 0.5\nretry_wait 10\nretry_randomize false",
+            flaky(),
+            None,
+        );
+        primary.failing.store(true, Ordering::SeqCst);
+        out.clone().start().await.unwrap();
+        emit_n(&out, "t", 10).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(*primary.attempts.lock().unwrap(), vec![t0], "A at once");
+        assert!(out.retrying());
+        primary.failing.store(false, Ordering::SeqCst);
+        sleep_until(&clock, t0 + 2.0).await;
+        emit_n(&out, "t", 10).await;
+        assert_eq!(out.buffer().layout(), (vec![10, 10], vec![]), "B is queued");
+        sleep_until(&clock, t0 + 9.9).await;
+        assert_eq!(
+            *primary.attempts.lock().unwrap(),
+            vec![t0],
+            "B waits for the retry time"
+        );
+        sleep_until(&clock, t0 + 15.0).await;
+        assert_eq!(primary.writes(), vec![w(t0 + 10.0, 10), w(t0 + 10.5, 10)]);
+        let ids = primary.attempted.lock().unwrap().clone();
+        assert_eq!(ids.len(), 3);
+        assert!(ids[0] == ids[1] && ids[2] != ids[0], "A, A again, then B");
+        assert_eq!(logs.lines("retry succeeded.").len(), 1, "{}", logs.text());
+        assert_eq!(out.buffer().stats(), BufferStats::default());
+        out.shutdown().await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn scenario_078_drop_oldest_with_everything_staged() {
         // Eight tags of 512 bytes fill total_limit_size 4096 with staged chunks only: the
@@ -1843,28 +2158,47 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn shutdown_in_retry_state_keeps_memory_chunks() {
+    async fn scenario_095_shutdown_in_retry_state_keeps_memory_chunks() {
+        // `flush_interval 1s` `retry_wait 5s` `flush_at_shutdown true`, memory buffer: the first
+        // chunk fails, a second event comes, STOP while retrying. Nothing more is attempted (as
+        // in Fluentd), but where Fluentd loses both events, sluice writes both memory chunks to
+        // the backup directory (docs/compatibility.md, "Stopping while the output is retrying").
+        // The real binary runs this scenario in tests/file_output.rs.
+        let (logs, _guard) = Logs::capture();
         let (out, primary, _clock, dir) = setup(
-            "flush_mode interval\nflush_interval 1s\nretry_wait 5s\nflush_thread_interval 0.1",
+            "flush_mode interval\nflush_interval 1s\nretry_wait 5s\nflush_at_shutdown true\nflush_thread_interval 0.1",
             None,
         );
         primary.failing.store(true, Ordering::SeqCst);
         out.clone().start().await.unwrap();
         out.emit("t", one_event()).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(primary.attempts.lock().unwrap().len(), 1);
+        assert!(out.retrying());
+        // The destination is repaired; one more event; STOP before the retry.
+        primary.failing.store(false, Ordering::SeqCst);
         out.emit("t", one_event()).await.unwrap();
         out.shutdown().await;
-        let logs = std::fs::read_dir(dir.path().join("backup/worker0/retr"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".log")
-            })
-            .count();
-        assert_eq!(logs, 2, "the failing chunk and the staged one");
+        assert_eq!(
+            primary.attempts.lock().unwrap().len(),
+            1,
+            "no write at shutdown while retrying"
+        );
+        assert!(primary.writes().is_empty());
+        let backup = dir.path().join("backup/worker0/retr");
+        let names = names_in(&backup);
+        let logs_files: Vec<&String> = names.iter().filter(|n| n.ends_with(".log")).collect();
+        assert_eq!(
+            logs_files.len(),
+            2,
+            "the failing chunk and the staged one: {names:?}"
+        );
+        for n in logs_files {
+            assert_eq!(std::fs::read(backup.join(n)).unwrap(), b"x\n");
+        }
+        let warn = logs.lines("buffered chunks could not be written before shutdown");
+        assert_eq!(warn.len(), 1, "{}", logs.text());
+        assert!(warn[0].contains("chunks=2 records=2"), "{warn:?}");
     }
 
     /// A delayed-commit writer: records each `try_write` (time, chunk id) and keeps the

@@ -271,7 +271,7 @@ pub fn writable_p(path: &Path) -> bool {
 
 /// `mkdir -p` giving each directory it creates exactly `mode` (as Ruby's `FileUtils.mkdir_p`
 /// with `mode:`, which is not subject to the umask).
-fn mkdir_p(dir: &Path, mode: u32) -> std::io::Result<()> {
+pub(crate) fn mkdir_p(dir: &Path, mode: u32) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
