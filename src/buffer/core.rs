@@ -195,6 +195,10 @@ impl BufferLimits {
     }
 }
 
+/// How many chunk files staged chunks may keep open for appends before they are all closed:
+/// many tags (thousands of staged chunks) must not need thousands of descriptors.
+const MAX_OPEN_STAGED_FILES: usize = 256;
+
 #[derive(Debug, Default)]
 struct State {
     /// Compression of new chunks.
@@ -205,6 +209,9 @@ struct State {
     dirty: Vec<Arc<std::fs::File>>,
     /// A chunk file was created since the last sync pass (the directory needs an fsync).
     dir_dirty: bool,
+    /// Chunk files opened for appends since staged files were last closed (an upper bound of
+    /// the descriptors staged chunks hold).
+    open_files: usize,
     /// Sequence number of the last write that reached the files.
     write_seq: u64,
     stage: HashMap<Metadata, Chunk>,
@@ -217,6 +224,18 @@ struct State {
 }
 
 impl State {
+    /// Closes the append descriptors of every staged chunk (they reopen on their next append).
+    /// Files written since the last sync pass stay open through `dirty` until that pass has
+    /// synced them, so closing never loses a sync.
+    fn close_staged_files(&mut self) {
+        for c in self.stage.values_mut() {
+            if let Some(b) = c.backing.as_mut() {
+                b.file = None;
+            }
+        }
+        self.open_files = 0;
+    }
+
     fn enqueue_staged(&mut self, meta: &Metadata) -> bool {
         let Some(c) = self.stage.remove(meta) else {
             return false;
@@ -488,6 +507,7 @@ impl Buffer {
         let mut files = Vec::new();
         let mut created = false;
         let mut failure = None;
+        let mut opened = 0usize;
         for (i, item) in items.iter_mut().enumerate() {
             let c = match item {
                 Some(Touched::Staged(m)) => st.stage.get_mut(m),
@@ -497,8 +517,10 @@ impl Buffer {
             let Some(c) = c else { continue };
             let Some(b) = &c.backing else { continue };
             let prev = (b.file_len, b.disk_len, b.disk_records);
+            let was_closed = b.file.is_none();
             match c.persist() {
                 Ok(Some((f, new_file))) => {
+                    opened += usize::from(was_closed);
                     files.push(f);
                     created |= new_file;
                     if new_file {
@@ -524,6 +546,10 @@ impl Buffer {
                 }
                 st.dir_dirty |= created;
                 st.write_seq += 1;
+            }
+            st.open_files += opened;
+            if st.open_files > MAX_OPEN_STAGED_FILES {
+                st.close_staged_files();
             }
             return Ok(new_files);
         };
@@ -928,6 +954,16 @@ impl Buffer {
             .chain(st.in_flight.values())
             .flat_map(|c| c.deliveries.iter().cloned())
             .collect()
+    }
+
+    /// Staged chunks holding an open append descriptor (tests of the descriptor bound).
+    #[cfg(test)]
+    pub fn open_staged_files(&self) -> usize {
+        let st = self.lock();
+        st.stage
+            .values()
+            .filter(|c| c.backing.as_ref().is_some_and(|b| b.file.is_some()))
+            .count()
     }
 
     /// Whether anything is queued.

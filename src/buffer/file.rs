@@ -656,6 +656,39 @@ mod resume_tests {
     }
 
     #[test]
+    fn many_staged_chunks_keep_few_files_open() {
+        let d = tempfile::tempdir().unwrap();
+        let (b, _) = open(d.path());
+        let tagged = |tag: usize, n: u32| {
+            let r = record(n);
+            Group {
+                metadata: Metadata {
+                    tag: Some(std::sync::Arc::from(format!("t{tag}"))),
+                    ..Metadata::default()
+                },
+                bytes: Bytes::from(r.clone()),
+                ends: vec![r.len()],
+            }
+        };
+        let mut max_open = 0;
+        for round in 0..2u32 {
+            for tag in 0..1000 {
+                b.write(&[tagged(tag, round * 1000 + tag as u32)]).unwrap();
+                max_open = max_open.max(b.open_staged_files());
+            }
+        }
+        assert_eq!(b.layout().1.len(), 1000, "one staged chunk per tag");
+        assert!(max_open <= 257, "{max_open} files open at once");
+        // Files closed in between took their second record: everything is on disk.
+        drop(b);
+        let (b, broken) = open(d.path());
+        assert!(broken.is_empty());
+        let mut got = drain(&b);
+        got.sort_unstable();
+        assert_eq!(got, (0..2000).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn restart_resumes_staged_and_queued_chunks() {
         let d = tempfile::tempdir().unwrap();
         {
