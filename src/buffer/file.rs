@@ -281,12 +281,21 @@ impl FileStore {
         found.sort_by_key(|f| (f.3, f.1));
         for (state, id, path, mtime) in found {
             let (records, count, scan) = read_records(&path)?;
+            let raw = if scan.damage.is_empty() {
+                Vec::new()
+            } else {
+                std::fs::read(&path)?
+            };
             for d in &scan.damage {
                 self.damaged_frames.fetch_add(1, Ordering::Relaxed);
                 self.damaged_bytes
                     .fetch_add(d.end - d.start, Ordering::Relaxed);
+                let lost = match wal::records_claimed(&raw, d) {
+                    Some(n) => n.to_string(),
+                    None => "unknown".to_string(),
+                };
                 tracing::error!(
-                    path = %path.display(), start = d.start, end = d.end,
+                    path = %path.display(), start = d.start, end = d.end, records_lost = %lost,
                     "damaged bytes in buffer chunk file cut out during resume (torn write or corruption); the rest of the chunk is kept"
                 );
             }

@@ -137,6 +137,23 @@ fn frame_at(data: &[u8], at: usize) -> Option<Frame> {
     })
 }
 
+/// The record count a damaged range claims to hold: when it starts with the header of a records
+/// frame whose count field lies inside the range. The frame failed its checksum, so the count
+/// is what the writer meant to store unless the damage hit those very bytes: an estimate, for
+/// the log line.
+pub fn records_claimed(data: &[u8], d: &Damage) -> Option<u32> {
+    let start = usize::try_from(d.start).ok()?;
+    let end = usize::try_from(d.end).ok()?.min(data.len());
+    let h = data.get(start..start + HEADER_LEN + 4)?;
+    if start + HEADER_LEN + 4 > end
+        || h[..4] != MAGIC
+        || FrameKind::from_byte(h[4]) != Some(FrameKind::Records)
+    {
+        return None;
+    }
+    Some(u32::from_be_bytes([h[13], h[14], h[15], h[16]]))
+}
+
 /// Scans a whole chunk file: every intact frame, and every damaged range between them.
 pub fn scan(data: &[u8]) -> Scan {
     let mut out = Scan::default();
@@ -183,6 +200,24 @@ pub fn split_records(payload: &[u8]) -> Option<(u32, &[u8])> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_damaged_records_frame_tells_how_many_records_it_held() {
+        let mut data = Vec::new();
+        encode(FrameKind::Header, b"meta", &mut data);
+        let at = data.len();
+        encode_records(7, b"seven records", &mut data);
+        let last = data.len() - 1;
+        data[last] ^= 0xff; // the payload's last byte: the checksum fails
+        let s = scan(&data);
+        assert_eq!(s.damage.len(), 1);
+        assert_eq!(s.damage[0].start, at as u64);
+        assert_eq!(records_claimed(&data, &s.damage[0]), Some(7));
+        // A torn header says nothing.
+        let torn = &data[..at + 6];
+        let s = scan(torn);
+        assert_eq!(records_claimed(torn, &s.damage[0]), None);
+    }
 
     fn file(payloads: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
