@@ -7,6 +7,12 @@
 //! sending its next frame; `--no-ack` streams frames and ends each connection with one acked
 //! fence frame, so everything counted was processed. `--rate` caps events/s (all connections).
 //!
+//! `--http` sends the same events to an `http` input instead: keep-alive `POST /<tag>` requests
+//! whose body is a MessagePack array of the records (`--gzip`: gzip-encoded) and whose `?time=`
+//! gives the events' time (the corpus records carry a `time` text field of their own), each
+//! waiting for its 2xx response (sluice answers once the events are stored), which counts as
+//! the ack.
+//!
 //! Prints events/s, MiB/s, ack latency percentiles and, with `--pid`, the CPU seconds per GiB
 //! and peak RSS (VmHWM) of that process, read from `/proc`.
 //!
@@ -27,7 +33,7 @@ mod corpus;
 const USAGE: &str =
     "usage: loadgen [--host 127.0.0.1] [--port 24224] [--connections 2] [--events 2000]
                [--duration 20] [--warmup 2] [--rate EVENTS_PER_S] [--ack | --no-ack] [--gzip]
-               [--tag bench.access] [--seed 42] [--frames 16] [--pid PID]";
+               [--tag bench.access] [--seed 42] [--frames 16] [--pid PID] [--http]";
 /// Longest run accepted (the loop is bounded in time whatever is asked).
 const MAX_SECONDS: f64 = 3600.0;
 /// How long a connection waits for one ack before giving up.
@@ -47,6 +53,7 @@ struct Opts {
     seed: u64,
     frames: usize,
     pid: Option<u32>,
+    http: bool,
 }
 
 fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
@@ -69,6 +76,7 @@ fn parse_args() -> Result<Opts, String> {
         seed: 42,
         frames: 16,
         pid: None,
+        http: false,
     };
     let mut port = 24224u16;
     let mut args = std::env::args().skip(1);
@@ -89,6 +97,7 @@ fn parse_args() -> Result<Opts, String> {
             "--seed" => o.seed = num(&a, val(&a)?)?,
             "--frames" => o.frames = num(&a, val(&a)?)?,
             "--pid" => o.pid = Some(num(&a, val(&a)?)?),
+            "--http" => o.http = true,
             // `cargo bench`/`cargo run` may pass this through; nothing to do.
             "--bench" => {}
             "-h" | "--help" => return Err(USAGE.into()),
@@ -114,6 +123,9 @@ fn parse_args() -> Result<Opts, String> {
     }
     if o.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
         return Err("--rate must be positive".into());
+    }
+    if o.http && !o.ack {
+        return Err("--http: every request waits for its response; --no-ack does not apply".into());
     }
     o.frames = o.frames.clamp(1, 1024);
     Ok(o)
@@ -146,6 +158,9 @@ fn build_frames(o: &Opts) -> Vec<Frame> {
                 corpus::put_entry(&mut entries, *sec, *nsec, r);
             }
             let data_bytes = entries.len() as u64;
+            if o.http {
+                return http_request(o, &recs, data_bytes);
+            }
             let payload = if o.gzip {
                 let mut enc =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -163,6 +178,83 @@ fn build_frames(o: &Opts) -> Vec<Frame> {
             }
         })
         .collect()
+}
+
+/// A whole `POST /<tag>` request carrying `recs` as a MessagePack array of maps.
+fn http_request(o: &Opts, recs: &[(i64, u32, Vec<u8>)], data_bytes: u64) -> Frame {
+    let mut body = Vec::with_capacity(data_bytes as usize + 8);
+    body.push(0xdd);
+    body.extend_from_slice(&(recs.len() as u32).to_be_bytes());
+    for (_, _, r) in recs {
+        body.extend_from_slice(r);
+    }
+    let (body, encoding) = if o.gzip {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&body).expect("gzip into memory");
+        (
+            enc.finish().expect("gzip into memory"),
+            "Content-Encoding: gzip\r\n",
+        )
+    } else {
+        (body, "")
+    };
+    let mut req = format!(
+        "POST /{}?time={} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/msgpack\r\n{encoding}Content-Length: {}\r\n\r\n",
+        o.tag,
+        recs.first().map_or(0, |r| r.0),
+        o.addr,
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    Frame {
+        prefix: req,
+        data_bytes,
+    }
+}
+
+/// Reads one HTTP response; Ok when its status is 2xx.
+fn read_http_response(s: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(), String> {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or(format!("bad response: {head:?}"))?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while pending.len() < end + 4 + len {
+                read_more(s, pending)?;
+            }
+            pending.drain(..end + 4 + len);
+            return if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(format!("HTTP {status}"))
+            };
+        }
+        read_more(s, pending)?;
+    }
+}
+
+fn read_more(s: &mut TcpStream, pending: &mut Vec<u8>) -> Result<(), String> {
+    let mut buf = [0u8; 4096];
+    let n = s
+        .read(&mut buf)
+        .map_err(|e| format!("waiting for the response: {e}"))?;
+    if n == 0 {
+        return Err("connection closed while waiting for the response".into());
+    }
+    pending.extend_from_slice(&buf[..n]);
+    Ok(())
 }
 
 /// Bytes of the option map `packed_forward` writes.
@@ -244,6 +336,21 @@ fn connection(sh: Arc<Shared>, id: usize, deadline: Instant) -> Result<(), Strin
             }
         }
         let f = &sh.frames[(seq as usize + id) % sh.frames.len()];
+        if o.http {
+            let t = Instant::now();
+            s.write_all(&f.prefix).map_err(|e| format!("send: {e}"))?;
+            read_http_response(&mut s, &mut pending)?;
+            if sh.measuring.load(Ordering::Relaxed) {
+                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            seq += 1;
+            c.frames.fetch_add(1, Ordering::Relaxed);
+            c.events.fetch_add(o.events as u64, Ordering::Relaxed);
+            c.data_bytes.fetch_add(f.data_bytes, Ordering::Relaxed);
+            c.wire_bytes
+                .fetch_add(f.prefix.len() as u64, Ordering::Relaxed);
+            continue;
+        }
         let chunk = format!("c{id:03}-{seq:016x}");
         let opt = if o.ack {
             option_map(o.events, Some(&chunk), o.gzip)
@@ -367,7 +474,13 @@ fn main() {
         o.events,
         avg_event,
         avg_wire / 1024.0,
-        if o.ack { "ack per frame" } else { "no ack (fenced)" },
+        if o.http {
+            "HTTP POST, 2xx per request"
+        } else if o.ack {
+            "ack per frame"
+        } else {
+            "no ack (fenced)"
+        },
         if o.gzip { "gzip" } else { "uncompressed" },
         o.rate.map(|r| format!("rate {r:.0} events/s | ")).unwrap_or_default(),
         o.duration,
