@@ -161,14 +161,7 @@ fn build_frames(o: &Opts) -> Vec<Frame> {
             if o.http {
                 return http_request(o, &recs, data_bytes);
             }
-            let payload = if o.gzip {
-                let mut enc =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                enc.write_all(&entries).expect("gzip into memory");
-                enc.finish().expect("gzip into memory")
-            } else {
-                entries
-            };
+            let payload = if o.gzip { gzip(&entries) } else { entries };
             // A full frame with no option; cut the option map off to keep the prefix.
             let full = corpus::packed_forward(&o.tag, &payload, o.events, None, false);
             let prefix_len = full.len() - option_len(o.events, None, false);
@@ -180,6 +173,13 @@ fn build_frames(o: &Opts) -> Vec<Frame> {
         .collect()
 }
 
+/// `data` as one gzip member (default level).
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip into memory");
+    enc.finish().expect("gzip into memory")
+}
+
 /// A whole `POST /<tag>` request carrying `recs` as a MessagePack array of maps.
 fn http_request(o: &Opts, recs: &[(i64, u32, Vec<u8>)], data_bytes: u64) -> Frame {
     let mut body = Vec::with_capacity(data_bytes as usize + 8);
@@ -189,12 +189,7 @@ fn http_request(o: &Opts, recs: &[(i64, u32, Vec<u8>)], data_bytes: u64) -> Fram
         body.extend_from_slice(r);
     }
     let (body, encoding) = if o.gzip {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(&body).expect("gzip into memory");
-        (
-            enc.finish().expect("gzip into memory"),
-            "Content-Encoding: gzip\r\n",
-        )
+        (gzip(&body), "Content-Encoding: gzip\r\n")
     } else {
         (body, "")
     };
@@ -336,39 +331,28 @@ fn connection(sh: Arc<Shared>, id: usize, deadline: Instant) -> Result<(), Strin
             }
         }
         let f = &sh.frames[(seq as usize + id) % sh.frames.len()];
-        if o.http {
-            let t = Instant::now();
-            s.write_all(&f.prefix).map_err(|e| format!("send: {e}"))?;
-            read_http_response(&mut s, &mut pending)?;
-            if sh.measuring.load(Ordering::Relaxed) {
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-            }
-            seq += 1;
-            c.frames.fetch_add(1, Ordering::Relaxed);
-            c.events.fetch_add(o.events as u64, Ordering::Relaxed);
-            c.data_bytes.fetch_add(f.data_bytes, Ordering::Relaxed);
-            c.wire_bytes
-                .fetch_add(f.prefix.len() as u64, Ordering::Relaxed);
-            continue;
-        }
+        // A forward frame ends with its option map (with the chunk id to ack); an HTTP
+        // request is whole and its response is the ack.
         let chunk = format!("c{id:03}-{seq:016x}");
-        let opt = if o.ack {
-            option_map(o.events, Some(&chunk), o.gzip)
-        } else {
-            plain_opt.clone()
+        let opt = match (o.http, o.ack) {
+            (true, _) => Vec::new(),
+            (false, true) => option_map(o.events, Some(&chunk), o.gzip),
+            (false, false) => plain_opt.clone(),
         };
         let t = Instant::now();
         s.write_all(&f.prefix)
             .and_then(|_| s.write_all(&opt))
             .map_err(|e| format!("send: {e}"))?;
-        if o.ack {
+        if o.http {
+            read_http_response(&mut s, &mut pending)?;
+        } else if o.ack {
             let got = read_ack(&mut s, &mut pending)?;
             if got != chunk {
                 return Err(format!("ack {got:?} for frame {chunk:?}"));
             }
-            if sh.measuring.load(Ordering::Relaxed) {
-                lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-            }
+        }
+        if o.ack && sh.measuring.load(Ordering::Relaxed) {
+            lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
         }
         seq += 1;
         c.frames.fetch_add(1, Ordering::Relaxed);

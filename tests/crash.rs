@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::crash::{check_exactly_once, run_with_kills, seed, Load};
-use common::{files_below, free_forward_port, wait_until};
+use common::{chunk_files, files_below, free_forward_port, wait_until};
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_event() {
@@ -45,17 +45,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_event() {
 
     // Flush what is buffered, then stop gracefully.
     o.last.signal("USR1");
-    let chunk_files = |dir: &std::path::Path| {
-        std::fs::read_dir(dir)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("buffer."))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     assert!(
-        wait_until(Duration::from_secs(20), || chunk_files(&buf) == 0),
+        wait_until(Duration::from_secs(20), || chunk_files(&buf).is_empty()),
         "buffer not drained:\n{}",
         o.last.stderr()
     );

@@ -3,8 +3,10 @@
 //! TLS, the UDP heartbeat, and a misbehaving client next to a good one). Every event sent must
 //! appear on sluice's stdout.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,18 +20,6 @@ struct Sluice {
     out: Arc<Mutex<Vec<String>>>,
     err: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    // The UDP heartbeat binds the same port: find one free for both.
-    for _ in 0..50 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
 }
 
 fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
@@ -51,7 +41,7 @@ impl Sluice {
     /// Starts sluice with a forward source (plus `extra` inside `<source>`).
     fn start(extra: &str) -> Sluice {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let port = common::free_forward_port();
         let conf = format!(
             "<source>\n  @type forward\n  bind 127.0.0.1\n  port {port}\n{extra}\n</source>\n\
              <match **>\n  @type stdout\n</match>\n"

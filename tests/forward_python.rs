@@ -9,8 +9,10 @@
 //! Needs `python3`; installs `fluent-logger` and `msgpack` with pip when they are missing. A
 //! missing Python fails the test (it does not skip).
 
+mod common;
+
 use std::io::Read;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -117,17 +119,6 @@ fn python_ready() {
     );
 }
 
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
 fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l = lines.clone();
@@ -144,7 +135,7 @@ fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
 fn python_fluent_logger_events_arrive() {
     python_ready();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_forward_port();
     let conf = dir.path().join("sluice.conf");
     std::fs::write(
         &conf,

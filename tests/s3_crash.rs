@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::crash::{check_exactly_once, run_with_kills, seed, Load};
 use common::s3::{bucket_name, S3Server};
-use common::{free_forward_port, wait_until};
+use common::{chunk_files, free_forward_port, wait_until};
 
 #[test]
 fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
@@ -52,17 +52,8 @@ fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
     // Flush what is buffered and wait until the buffer is empty.
     o.last.signal("USR1");
-    let chunk_files = || {
-        std::fs::read_dir(&buf)
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("buffer."))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
     assert!(
-        wait_until(Duration::from_secs(60), || chunk_files() == 0),
+        wait_until(Duration::from_secs(60), || chunk_files(&buf).is_empty()),
         "buffer not drained:\n{}",
         o.last.stderr()
     );

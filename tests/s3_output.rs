@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
+use common::crash::Rng;
 use common::s3::{bucket_name, decode, Object, S3Server};
 use common::*;
 use regex::Regex;
@@ -162,38 +163,6 @@ fn check_default_keys(objects: &[Object], slice: &str) -> String {
     }
     assert_eq!(epochs.len(), 1, "one epoch for all keys: {epochs:?}");
     epochs.into_iter().next().unwrap()
-}
-
-/// Chunk files (`buffer.b*`, `buffer.q*`) of a file buffer directory.
-fn chunk_files(buf: &Path) -> Vec<String> {
-    std::fs::read_dir(buf)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("buffer.b") || n.starts_with("buffer.q"))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A pseudo-random generator for payloads (xorshift64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// `len` characters of a 64-letter alphabet (about 6 bits of entropy each).
-    fn text(&mut self, len: usize) -> String {
-        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        (0..len)
-            .map(|_| A[(self.next() % 64) as usize] as char)
-            .collect()
-    }
 }
 
 // ------------------------------------------------------------------------------------------

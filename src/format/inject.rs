@@ -329,19 +329,42 @@ fn enc_int(v: i64) -> Vec<u8> {
     b
 }
 
-/// Formats one event for an output's chunk: `<inject>` first (when configured), then the
-/// `<format>` formatter.
-pub fn format_event(
-    inject: Option<&Inject>,
-    formatter: &dyn super::Formatter,
-    tag: &str,
-    time: EventTime,
-    record: &[u8],
-    out: &mut Vec<u8>,
-) {
-    match inject {
-        Some(i) => formatter.format(tag, time, &i.apply(tag, time, record), out),
-        None => formatter.format(tag, time, record, out),
+/// How an output that formats its chunks (out_file, s3) turns an event into chunk bytes:
+/// `<inject>` first (when configured), then the `<format>` formatter.
+#[derive(Debug)]
+pub struct RecordFormat {
+    formatter: Box<dyn super::Formatter>,
+    inject: Option<Inject>,
+}
+
+impl RecordFormat {
+    /// Reads the `<inject>` section (and the v0.12 inject parameters) and the `<format>`
+    /// section (default `out_file`) of an output. With `chunk_keys` (a primary output), an
+    /// injected key may not be a chunk key.
+    pub fn configure(
+        section: &Element,
+        chunk_keys: Option<&ChunkKeys>,
+    ) -> Result<RecordFormat, ConfigError> {
+        let inject = Inject::configure_with_legacy(section)?;
+        if let (Some(i), Some(keys)) = (&inject, chunk_keys) {
+            i.check_chunk_keys(keys)?;
+        }
+        let formatter = super::build(
+            crate::output::single_section(section, "format")?,
+            "out_file",
+            section,
+        )?;
+        Ok(RecordFormat { formatter, inject })
+    }
+
+    /// Appends one event, formatted.
+    pub fn format(&self, tag: &str, time: EventTime, record: &[u8], out: &mut Vec<u8>) {
+        match &self.inject {
+            Some(i) => self
+                .formatter
+                .format(tag, time, &i.apply(tag, time, record), out),
+            None => self.formatter.format(tag, time, record, out),
+        }
     }
 }
 

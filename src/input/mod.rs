@@ -83,6 +83,35 @@ pub async fn listen_tcp(
     sock.listen(backlog)
 }
 
+/// Accepts TCP connections until sluice stops and runs `handle`'s future for each admitted one
+/// as a task of its own; at most `max` run at once (the rest are refused with a log line).
+/// Returns once every connection task has finished.
+pub(crate) async fn serve_tcp<F, Fut>(
+    listener: tokio::net::TcpListener,
+    max: usize,
+    input: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+    mut handle: F,
+) where
+    F: FnMut(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut conns = forward::Connections::new(max, input);
+    while let Some((stream, addr)) = accept_next(|| listener.accept(), &mut shutdown, input).await {
+        let Some(permit) = conns.admit(&addr) else {
+            drop(stream);
+            continue;
+        };
+        let conn = handle(stream, addr);
+        conns.spawn(async move {
+            let _permit = permit;
+            conn.await;
+        });
+    }
+    drop(listener);
+    conns.drain().await;
+}
+
 /// An input plugin instance.
 pub trait Input: Send + Sync + std::fmt::Debug {
     /// Runs the input until shutdown.

@@ -46,7 +46,6 @@ use crate::config::{ConfigError, Element};
 use crate::output::buffered::OutputMetrics;
 use crate::output::{BoxFuture, Output};
 
-use super::forward::Connections;
 use super::{Input, InputContext};
 
 /// fluent-plugin-prometheus's port.
@@ -210,26 +209,21 @@ impl Input for Prometheus {
             let registry = Arc::new(registry(OutputsCollector {
                 outputs: ctx.router.outputs(),
             }));
-            let mut conns = Connections::new(MAX_CONNECTIONS, "prometheus");
-            let mut shutdown = ctx.shutdown.clone();
-            while let Some((stream, addr)) =
-                super::accept_next(|| listener.accept(), &mut shutdown, "prometheus").await
-            {
-                let Some(permit) = conns.admit(&addr) else {
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let me = self.clone();
-                let registry = registry.clone();
-                let stop = ctx.shutdown.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    me.serve(stream, addr, registry, stop).await;
-                });
-            }
-            drop(listener);
-            conns.drain().await;
+            let me = self.clone();
+            super::serve_tcp(
+                listener,
+                MAX_CONNECTIONS,
+                "prometheus",
+                ctx.shutdown.clone(),
+                move |stream, addr| {
+                    let _ = stream.set_nodelay(true);
+                    let me = me.clone();
+                    let registry = registry.clone();
+                    let stop = ctx.shutdown.clone();
+                    async move { me.serve(stream, addr, registry, stop).await }
+                },
+            )
+            .await;
         })
     }
 }

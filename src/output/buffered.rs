@@ -120,6 +120,17 @@ impl WriteChunk {
         }
     }
 
+    /// The chunk's records' bytes, decompressed, for a writer: a chunk that cannot be
+    /// decompressed is a retryable write error (Fluentd's class for it).
+    pub fn records(&self) -> Result<Bytes, ChunkWriteError> {
+        self.data().map_err(|e| {
+            ChunkWriteError::retryable(
+                "Zlib::GzipFile::Error",
+                format!("cannot decompress chunk {}: {e}", self.chunk.id),
+            )
+        })
+    }
+
     /// The chunk's records' bytes, decompressed.
     pub fn data(&self) -> std::io::Result<Bytes> {
         match self.compress {

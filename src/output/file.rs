@@ -59,9 +59,8 @@ use crate::buffer::core::Buffer;
 use crate::buffer::metadata::{Metadata, MetadataBuilder};
 use crate::config::{ConfigError, Element, Param};
 use crate::event::EventTime;
-use crate::format::inject::Inject;
+use crate::format::inject::RecordFormat;
 use crate::format::time::{ruby_strftime, TimeView};
-use crate::format::Formatter;
 use crate::placeholder::{self, PlaceholderContext, PlaceholderError};
 use crate::time::Zone;
 
@@ -442,16 +441,6 @@ fn already_delivered(record: &[u8]) -> Option<PathBuf> {
     (crc32c::crc32c(&data) == crc).then_some(dest)
 }
 
-/// The chunk's records, decompressed.
-fn chunk_data(wc: &WriteChunk) -> Result<Bytes, ChunkWriteError> {
-    wc.data().map_err(|e| {
-        ChunkWriteError::retryable(
-            "Zlib::GzipFile::Error",
-            format!("cannot decompress chunk {}: {e}", wc.chunk.id),
-        )
-    })
-}
-
 fn unrecoverable(e: PlaceholderError) -> ChunkWriteError {
     match e {
         PlaceholderError::Unrecoverable(m) => ChunkWriteError::unrecoverable(m),
@@ -476,7 +465,7 @@ impl FileWriter {
         if self.copy_compressed && self.compress.same_as(wc.compress) {
             return Ok(wc.chunk.bytes.clone());
         }
-        let data = chunk_data(wc)?;
+        let data = wc.records()?;
         self.compress.encode(data).map_err(|e| {
             ChunkWriteError::retryable("IOError", format!("cannot compress chunk: {e}"))
         })
@@ -536,8 +525,7 @@ where
 #[derive(Debug)]
 pub struct FileOutput {
     writer: Arc<FileWriter>,
-    formatter: Box<dyn Formatter>,
-    inject: Option<Inject>,
+    format: RecordFormat,
     /// `symlink_path` with a file buffer.
     symlink: Option<Arc<Symlink>>,
 }
@@ -732,14 +720,6 @@ impl Params {
         )
         .map_err(|e| ConfigError::at(&self.path.value_pos, e.to_string()))
     }
-
-    fn formatter(section: &Element) -> Result<Box<dyn Formatter>, ConfigError> {
-        crate::format::build(
-            super::single_section(section, "format")?,
-            "out_file",
-            section,
-        )
-    }
 }
 
 /// Fluentd's warning for the v0.12-style `utc`/`localtime` output parameters.
@@ -927,10 +907,7 @@ impl FileOutput {
         }
         ctx.claim_buffer_path(section, b, &mut cfg)?;
 
-        let inject = Inject::configure_with_legacy(section)?;
-        if let Some(i) = &inject {
-            i.check_chunk_keys(&cfg.chunk_keys)?;
-        }
+        let format = RecordFormat::configure(section, Some(&cfg.chunk_keys))?;
 
         let timekey = cfg.timekey.filter(|_| cfg.chunk_keys.time);
         let template = params.template(timekey)?;
@@ -945,8 +922,6 @@ impl FileOutput {
                 format!("out_file: `{test_path}` is not writable"),
             ));
         }
-
-        let formatter = Params::formatter(section)?;
 
         let file_buffer = matches!(cfg.buffer_type, BufferType::File { .. });
         if let (Some(sp), true) = (&params.symlink_path, file_buffer) {
@@ -1001,8 +976,7 @@ impl FileOutput {
         Ok((
             FileOutput {
                 writer: Arc::new(writer),
-                formatter,
-                inject,
+                format,
                 symlink,
             },
             cfg,
@@ -1019,13 +993,12 @@ impl FileOutput {
     ) -> Result<FileOutput, ConfigError> {
         let params = Params::read(section, ctx)?;
         warn_deprecated_time_params(section);
-        let inject = Inject::configure_with_legacy(section)?;
+        let format = RecordFormat::configure(section, None)?;
         let time_key = primary.chunk_keys.time;
         let timekey = primary.timekey.filter(|_| time_key);
         let template = params.template(timekey)?;
         validate_time_only("path", &template, time_key, timekey)
             .map_err(|m| ConfigError::at(&params.path.value_pos, m))?;
-        let formatter = Params::formatter(section)?;
         if let Some(sp) = &params.symlink_path {
             return Err(ConfigError::at(
                 &sp.key_pos,
@@ -1042,8 +1015,7 @@ impl FileOutput {
         };
         Ok(FileOutput {
             writer: Arc::new(writer),
-            formatter,
-            inject,
+            format,
             symlink: None,
         })
     }
@@ -1064,14 +1036,7 @@ impl ChunkWriter for FileOutput {
     }
 
     fn format(&self, tag: &str, time: EventTime, record: &[u8], out: &mut Vec<u8>) {
-        crate::format::inject::format_event(
-            self.inject.as_ref(),
-            &*self.formatter,
-            tag,
-            time,
-            record,
-            out,
-        );
+        self.format.format(tag, time, record, out);
     }
 
     fn write<'a>(&'a self, chunk: &'a WriteChunk) -> BoxFuture<'a, Result<(), ChunkWriteError>> {
@@ -1113,7 +1078,7 @@ impl SecondaryWriter {
             &self.placeholders,
         )
         .map_err(unrecoverable)?;
-        let data = chunk_data(wc)?;
+        let data = wc.records()?;
         let (content, suffix) = if self.gzip {
             let gz = gzip(&data).map_err(|e| {
                 ChunkWriteError::retryable("IOError", format!("cannot compress chunk: {e}"))

@@ -440,27 +440,13 @@ fn build_typed(
                 None => Ok(Target::Output(Arc::new(null::Null::configure(section)?))),
                 Some(cfg) => {
                     let writer = build_writer(section, type_name, None, ctx)?;
-                    let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
-                    Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
-                        plugin_id(section),
-                        writer,
-                        secondary_writer,
-                        cfg,
-                        ctx,
-                    ))))
+                    buffered_target(section, writer, cfg, &secondary_spec, ctx)
                 }
             }
         }
         "file" => {
             let (writer, cfg) = file::FileOutput::configure(section, buffer, ctx)?;
-            let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
-            Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
-                plugin_id(section),
-                Arc::new(writer),
-                secondary_writer,
-                cfg,
-                ctx,
-            ))))
+            buffered_target(section, Arc::new(writer), cfg, &secondary_spec, ctx)
         }
         "s3" => {
             let legacy;
@@ -475,18 +461,29 @@ fn build_typed(
             let mut cfg = BufferConfig::from_section(b, section, &s3::defaults())?;
             ctx.claim_buffer_path(section, b, &mut cfg)?;
             let writer = s3::S3Output::configure(section, &cfg)?;
-            let secondary_writer = secondary_writer(&secondary_spec, &cfg, ctx)?;
-            Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
-                plugin_id(section),
-                Arc::new(writer),
-                secondary_writer,
-                cfg,
-                ctx,
-            ))))
+            buffered_target(section, Arc::new(writer), cfg, &secondary_spec, ctx)
         }
         "secondary_file" => Err(ConfigError::at(&section.pos, file::SECONDARY_ONLY)),
         _ => unreachable!("type checked against TYPES above"),
     }
+}
+
+/// A buffered output: `writer` behind a buffer configured as `cfg`, with its `<secondary>`.
+fn buffered_target(
+    section: &Element,
+    writer: Arc<dyn ChunkWriter>,
+    cfg: BufferConfig,
+    secondary_spec: &Option<(&Element, String)>,
+    ctx: &BuildContext,
+) -> Result<Target, ConfigError> {
+    let secondary = secondary_writer(secondary_spec, &cfg, ctx)?;
+    Ok(Target::Output(Arc::new(buffered::BufferedOutput::new(
+        plugin_id(section),
+        writer,
+        secondary,
+        cfg,
+        ctx,
+    ))))
 }
 
 /// Builds the `<secondary>` writer, if any, for a primary buffered as `primary` says.

@@ -23,6 +23,15 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+
+    /// `len` characters of a 64-letter alphabet (about 6 bits of entropy each): text that
+    /// compresses about 4:3.
+    pub fn text(&mut self, len: usize) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        (0..len)
+            .map(|_| A[(self.next() % 64) as usize] as char)
+            .collect()
+    }
 }
 
 /// The seed: `SLUICE_CRASH_SEED`, or the clock. Printed so that a failure can be replayed.

@@ -285,6 +285,18 @@ pub fn free_forward_port() -> u16 {
     panic!("no port free for both TCP and UDP");
 }
 
+/// Chunk files (`buffer.b*`, `buffer.q*`) of a file buffer directory.
+pub fn chunk_files(buf: &Path) -> Vec<String> {
+    std::fs::read_dir(buf)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("buffer.b") || n.starts_with("buffer.q"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

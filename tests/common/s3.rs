@@ -27,7 +27,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::error::DisplayErrorContext;
 
@@ -99,7 +99,7 @@ impl S3Server {
         // A port found free may be taken before moto binds it; try a few.
         let mut last = String::new();
         for _ in 0..3 {
-            let port = free_port();
+            let port = super::free_forward_port();
             match MotoProcess::spawn(port) {
                 Ok(process) => {
                     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,7 +135,7 @@ impl S3Server {
         if let Some(p) = self.process.lock().unwrap().take() {
             p.kill();
         }
-        let down = wait_for(Duration::from_secs(10), || {
+        let down = super::wait_until(Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", self.port)).is_err()
         });
         assert!(down, "moto_server still answers on port {}", self.port);
@@ -364,26 +364,6 @@ pub fn decode(key: &str, bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A TCP port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
-    l.local_addr().unwrap().port()
-}
-
-/// Polls `cond` every 50 ms until it holds or `timeout` passes.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Whether something answers HTTP on the port.
 fn answers_http(port: u16) -> bool {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -512,7 +492,7 @@ impl MotoProcess {
             stop: stop_tx,
             keeper,
         };
-        let up = wait_for(Duration::from_secs(30), || {
+        let up = super::wait_until(Duration::from_secs(30), || {
             answers_http(port) || exited.lock().unwrap().is_some()
         });
         let status = *exited.lock().unwrap();

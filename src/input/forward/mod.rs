@@ -329,50 +329,49 @@ impl Input for Forward {
             });
             let handler = Arc::new(Handler::new(self.settings.clone(), sink, "forward"));
             let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-            let mut conns = Connections::new(self.max_connections, "forward");
-            let mut shutdown = ctx.shutdown.clone();
-            while let Some((stream, addr)) =
-                super::accept_next(|| listener.accept(), &mut shutdown, "forward").await
-            {
-                let Some(permit) = conns.admit(&addr) else {
-                    drop(stream);
-                    continue;
-                };
-                self.tune(&stream);
-                let me = self.clone();
-                let handler = handler.clone();
-                let acceptor = acceptor.clone();
-                let stop = ctx.shutdown.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    let ip = addr.ip().to_canonical();
-                    let host = if me.resolve_hostname {
-                        let lookup = tokio::task::spawn_blocking(move || conn::reverse_lookup(ip));
-                        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
-                            Ok(Ok(Some(h))) => h,
-                            _ => ip.to_string(),
-                        }
-                    } else {
-                        ip.to_string()
-                    };
-                    let peer = Peer {
-                        addr: Some(ip),
-                        port: addr.port(),
-                        host,
-                    };
-                    match acceptor {
-                        None => handler.serve(stream, peer, stop).await,
-                        Some(acc) => {
-                            match tls::handshake(&acc, stream, me.settings.frame_timeout).await {
-                                Ok(tls) => handler.serve(tls, peer, stop).await,
-                                Err(why) => handler.warn("tls", &peer, &why),
+            let me = self.clone();
+            super::serve_tcp(
+                listener,
+                self.max_connections,
+                "forward",
+                ctx.shutdown.clone(),
+                move |stream, addr| {
+                    me.tune(&stream);
+                    let me = me.clone();
+                    let handler = handler.clone();
+                    let acceptor = acceptor.clone();
+                    let stop = ctx.shutdown.clone();
+                    async move {
+                        let ip = addr.ip().to_canonical();
+                        let host = if me.resolve_hostname {
+                            let lookup =
+                                tokio::task::spawn_blocking(move || conn::reverse_lookup(ip));
+                            match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+                                Ok(Ok(Some(h))) => h,
+                                _ => ip.to_string(),
+                            }
+                        } else {
+                            ip.to_string()
+                        };
+                        let peer = Peer {
+                            addr: Some(ip),
+                            port: addr.port(),
+                            host,
+                        };
+                        match acceptor {
+                            None => handler.serve(stream, peer, stop).await,
+                            Some(acc) => {
+                                match tls::handshake(&acc, stream, me.settings.frame_timeout).await
+                                {
+                                    Ok(tls) => handler.serve(tls, peer, stop).await,
+                                    Err(why) => handler.warn("tls", &peer, &why),
+                                }
                             }
                         }
                     }
-                });
-            }
-            drop(listener);
-            conns.drain().await;
+                },
+            )
+            .await;
         })
     }
 }

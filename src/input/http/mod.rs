@@ -86,7 +86,6 @@ use crate::output::{BoxFuture, EmitError};
 use crate::router::{LabelId, Router};
 
 use super::forward::conn::WarnLimiter;
-use super::forward::Connections;
 use super::{Input, InputContext};
 use parse::{Format, ParseSettings, RequestData, TimeType};
 
@@ -806,35 +805,33 @@ impl Input for Http {
                 warn: WarnLimiter::default(),
             });
             let acceptor = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-            let mut conns = Connections::new(self.max_connections, "http");
-            let mut shutdown = ctx.shutdown.clone();
-            while let Some((stream, addr)) =
-                super::accept_next(|| listener.accept(), &mut shutdown, "http").await
-            {
-                let Some(permit) = conns.admit(&addr) else {
-                    drop(stream);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let server = server.clone();
-                let acceptor = acceptor.clone();
-                let stop = ctx.shutdown.clone();
-                let limit = self.keepalive_timeout;
-                conns.spawn(async move {
-                    let _permit = permit;
-                    match acceptor {
-                        None => server.serve(stream, addr, stop).await,
-                        Some(acc) => {
-                            match crate::input::forward::tls::handshake(&acc, stream, limit).await {
-                                Ok(tls) => server.serve(tls, addr, stop).await,
-                                Err(why) => server.warn("tls", &addr, &why),
+            let limit = self.keepalive_timeout;
+            super::serve_tcp(
+                listener,
+                self.max_connections,
+                "http",
+                ctx.shutdown.clone(),
+                move |stream, addr| {
+                    let _ = stream.set_nodelay(true);
+                    let server = server.clone();
+                    let acceptor = acceptor.clone();
+                    let stop = ctx.shutdown.clone();
+                    async move {
+                        match acceptor {
+                            None => server.serve(stream, addr, stop).await,
+                            Some(acc) => {
+                                match crate::input::forward::tls::handshake(&acc, stream, limit)
+                                    .await
+                                {
+                                    Ok(tls) => server.serve(tls, addr, stop).await,
+                                    Err(why) => server.warn("tls", &addr, &why),
+                                }
                             }
                         }
                     }
-                });
-            }
-            drop(listener);
-            conns.drain().await;
+                },
+            )
+            .await;
         })
     }
 }

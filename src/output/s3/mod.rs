@@ -29,8 +29,7 @@ use crate::buffer::config::{BufferConfig, ChunkKeys, OutputDefaults};
 use crate::buffer::core::Buffer;
 use crate::config::{ConfigError, Element};
 use crate::event::EventTime;
-use crate::format::inject::Inject;
-use crate::format::Formatter;
+use crate::format::inject::RecordFormat;
 use crate::placeholder::PlaceholderContext;
 use client::{ClientConfig, CredentialSource, ErrorClass};
 use key::{IndexFormat, KeyTemplate};
@@ -127,8 +126,7 @@ pub struct Uploader {
 #[derive(Debug)]
 pub struct S3Output {
     uploader: Arc<Uploader>,
-    formatter: Box<dyn Formatter>,
-    inject: Option<Inject>,
+    format: RecordFormat,
 }
 
 impl S3Output {
@@ -223,15 +221,7 @@ impl S3Output {
         let _ = section.bool("overwrite")?;
         let warn_for_delay = section.time("warn_for_delay")?;
 
-        let formatter = crate::format::build(
-            super::single_section(section, "format")?,
-            "out_file",
-            section,
-        )?;
-        let inject = Inject::configure_with_legacy(section)?;
-        if let Some(i) = &inject {
-            i.check_chunk_keys(&cfg.chunk_keys)?;
-        }
+        let format = RecordFormat::configure(section, Some(&cfg.chunk_keys))?;
         let checksums = attributes.checksum.is_some();
         let uploader = Uploader {
             client_config: ClientConfig {
@@ -259,8 +249,7 @@ impl S3Output {
         };
         Ok(S3Output {
             uploader: Arc::new(uploader),
-            formatter,
-            inject,
+            format,
         })
     }
 }
@@ -503,19 +492,21 @@ impl Uploader {
     }
 
     /// The chunk's formatted records, decompressed on a blocking thread.
+    /// The chunk's formatted records; decompression (when the buffer compresses) runs on a
+    /// blocking thread.
     async fn data(wc: &WriteChunk) -> Result<Bytes, ChunkWriteError> {
-        let wc2 = wc.clone();
-        match tokio::task::spawn_blocking(move || wc2.data()).await {
-            Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => Err(ChunkWriteError::retryable(
-                "Zlib::GzipFile::Error",
-                format!("cannot decompress chunk {}: {e}", wc.chunk.id),
-            )),
-            Err(e) => Err(ChunkWriteError::retryable(
-                "RuntimeError",
-                format!("decompression task failed: {e}"),
-            )),
+        if wc.compress == crate::buffer::config::Compress::Text {
+            return wc.records();
         }
+        let wc2 = wc.clone();
+        tokio::task::spawn_blocking(move || wc2.records())
+            .await
+            .unwrap_or_else(|e| {
+                Err(ChunkWriteError::retryable(
+                    "RuntimeError",
+                    format!("decompression task failed: {e}"),
+                ))
+            })
     }
 
     async fn write(&self, wc: &WriteChunk) -> Result<(), ChunkWriteError> {
@@ -565,14 +556,7 @@ impl ChunkWriter for S3Output {
     }
 
     fn format(&self, tag: &str, time: EventTime, record: &[u8], out: &mut Vec<u8>) {
-        crate::format::inject::format_event(
-            self.inject.as_ref(),
-            &*self.formatter,
-            tag,
-            time,
-            record,
-            out,
-        );
+        self.format.format(tag, time, record, out);
     }
 
     fn start<'a>(&'a self, buffer: &'a Arc<Buffer>) -> BoxFuture<'a, Result<(), String>> {

@@ -155,7 +155,6 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn lines(n: usize) -> Bytes {
         let mut v = Vec::new();
@@ -170,11 +169,7 @@ mod tests {
     }
 
     fn gunzip(b: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(b)
-            .read_to_end(&mut out)
-            .unwrap();
-        out
+        crate::buffer::chunk::decompress(b, crate::buffer::config::Compress::Gzip, 1 << 30).unwrap()
     }
 
     fn all_parts(codec: Codec, data: &Bytes, size: u64) -> Vec<Part> {
