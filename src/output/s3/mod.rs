@@ -88,7 +88,7 @@ pub struct SseC {
 /// Counters of the s3 output, published with the output's metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
-    objects_put: AtomicU64,
+    objects_written: AtomicU64,
     uploads_created: AtomicU64,
     uploads_resumed: AtomicU64,
     uploads_completed: AtomicU64,
@@ -197,9 +197,8 @@ impl S3Output {
             index_format,
             hex_random_length as usize,
         );
-        if !section.has("s3_object_key_format") {
-            // sluice's default names objects after chunks; nothing to warn about.
-        } else if cfg.flush_thread_count > 1 && !key.unique_per_chunk() {
+        // (sluice's default format names objects after chunks.)
+        if cfg.flush_thread_count > 1 && !key.unique_per_chunk() {
             tracing::warn!(file = %section.pos.file, line = section.pos.line,
                 "No ${{chunk_id}} or %{{uuid_flush}} in s3_object_key_format with multiple flush threads. Recommend to set ${{chunk_id}} or %{{uuid_flush}} to avoid data lost by object conflict");
         }
@@ -520,7 +519,9 @@ impl Uploader {
         let result = self.write_chunk(wc, data).await;
         match result {
             Ok(key) => {
-                self.counters.objects_put.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .objects_written
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(chunk_id = %wc.chunk.id, bucket = %self.bucket, key, "chunk written to S3");
                 Ok(())
             }
@@ -571,7 +572,7 @@ impl ChunkWriter for S3Output {
         let c = &self.uploader.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         vec![
-            ("s3_objects_written", l(&c.objects_put)),
+            ("s3_objects_written", l(&c.objects_written)),
             ("s3_multipart_uploads_created", l(&c.uploads_created)),
             ("s3_multipart_uploads_resumed", l(&c.uploads_resumed)),
             ("s3_multipart_uploads_completed", l(&c.uploads_completed)),

@@ -278,17 +278,8 @@ impl Uploader {
             });
             let crc = crc32c::crc32c(&part.body);
             let len = part.body.len() as u64;
-            let uploaded = self
-                .upload_part(wc, key, upload_id, number, part.body)
-                .await;
-            let etag = match uploaded {
-                Ok(etag) => etag,
-                Err(e) if e.is_not_found() => {
-                    // The upload vanished under us: let the next attempt reconcile.
-                    return Err(e.into());
-                }
-                Err(e) => return Err(e.into()),
-            };
+            // An upload that vanished under us (NoSuchUpload) is reconciled by the next attempt.
+            let etag = self.upload_part(key, upload_id, number, part.body).await?;
             let rec = PartRecord {
                 number,
                 start: part.start,
@@ -380,13 +371,11 @@ impl Uploader {
 
     async fn upload_part(
         &self,
-        wc: &WriteChunk,
         key: &str,
         upload_id: &str,
         number: i32,
         body: Bytes,
     ) -> std::result::Result<String, S3Error> {
-        let _ = wc;
         let o = &self.attributes;
         let req = self
             .client()
