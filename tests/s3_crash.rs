@@ -3,7 +3,9 @@
 //! 20 times, the seed is printed) and restarted on the same buffer. At the end every
 //! acknowledged event is in the bucket exactly once (events of batches the client re-sent
 //! after a lost ack may be there twice, counted apart), no multipart upload is left in
-//! progress, and every object is one chunk's, whole.
+//! progress, and every object is one chunk's, whole. A second run uses large chunks flushed
+//! only when full (or at the end), so that their parts are uploaded while they are staged
+//! (Fluent Bit's large-object model) and the kills land in the middle of those uploads.
 
 mod common;
 
@@ -16,15 +18,26 @@ use common::{chunk_files, free_forward_port, wait_until};
 
 #[test]
 fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
-    let seed = seed("s3 crash test");
+    // Chunks of up to 16 MiB flushed every second, parts of 5 MiB (compressed): most chunks
+    // become multipart uploads of two or three parts, small ones single PUTs.
+    crash_run("s3-crash", "16m", "1s", false);
+}
+
+#[test]
+fn s3_sigkill_during_uploads_of_staged_chunks() {
+    // Chunks of up to 256 MiB, flushed when full or at the end: their parts are uploaded
+    // while they are staged.
+    crash_run("s3-crash-staged", "256m", "1h", true);
+}
+
+fn crash_run(name: &str, chunk_limit: &str, flush_interval: &str, staged: bool) {
+    let seed = seed(name);
     let s3 = S3Server::start();
-    let bucket = bucket_name("s3-crash");
+    let bucket = bucket_name(name);
     s3.create_bucket(&bucket);
     let d = tempfile::tempdir().unwrap();
     let port = free_forward_port();
     let buf = d.path().join("buf");
-    // Chunks of up to 16 MiB, parts of 5 MiB (compressed): most chunks become multipart
-    // uploads of two or three parts, small ones single PUTs.
     let conf = common::write(
         d.path(),
         "s3crash.conf",
@@ -32,7 +45,7 @@ fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
             "<source>\n  @type forward\n  bind 127.0.0.1\n  port {port}\n</source>\n\
              <match **>\n  @type s3\n  s3_bucket {bucket}\n  s3_endpoint {}\n  aws_key_id test\n  aws_sec_key test\n\
              \x20 path logs/\n  part_size 5m\n  <format>\n    @type json\n  </format>\n\
-             \x20 <buffer>\n    @type file\n    path {}\n    chunk_limit_size 16m\n    flush_mode interval\n    flush_interval 1s\n    flush_thread_count 2\n    flush_thread_interval 0.1\n    retry_wait 0.2s\n    retry_max_interval 1s\n  </buffer>\n</match>\n",
+             \x20 <buffer>\n    @type file\n    path {}\n    chunk_limit_size {chunk_limit}\n    flush_mode interval\n    flush_interval {flush_interval}\n    flush_thread_count 2\n    flush_thread_interval 0.1\n    retry_wait 0.2s\n    retry_max_interval 1s\n  </buffer>\n</match>\n",
             s3.endpoint(),
             buf.display()
         ),
@@ -49,6 +62,19 @@ fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
     };
     let o = run_with_kills(&conf, port, seed, &load);
     assert!(o.kills >= load.kills, "only {} kills happened", o.kills);
+    if staged {
+        // Tens of MiB of records are staged: parts of them are uploaded before any flush.
+        let uploading = wait_until(Duration::from_secs(20), || {
+            s3.uploads_in_progress(&bucket)
+                .iter()
+                .any(|u| !s3.uploaded_parts(&bucket, u).is_empty())
+        });
+        assert!(
+            uploading,
+            "no part of a staged chunk was uploaded:\n{}",
+            o.last.stderr()
+        );
+    }
 
     // Flush what is buffered and wait until the buffer is empty.
     o.last.signal("USR1");
@@ -81,11 +107,8 @@ fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
             *seen.entry(v["n"].as_u64().expect("numbered")).or_default() += 1;
         }
     }
-    println!(
-        "s3 crash test: {} objects, {multipart} multipart",
-        objects.len()
-    );
-    check_exactly_once(&o, &load, &seen, seed, "s3 crash test");
+    println!("{name}: {} objects, {multipart} multipart", objects.len());
+    check_exactly_once(&o, &load, &seen, seed, name);
     assert!(
         multipart > 0,
         "no chunk was large enough for a multipart upload"

@@ -452,6 +452,7 @@ fn s3_index_increments_for_each_chunk_of_the_same_slice() {
     let dir = tmp();
     let body = r#"  path logs/${tag}/
   s3_object_key_format %{path}%{time_slice}_%{index}.%{file_extension}
+  s3_metadata {"source":"${tag}","slot":"%{index}","gone":"a%{uuid_flush}b"}
   <format>
     @type json
   </format>
@@ -490,6 +491,15 @@ fn s3_index_increments_for_each_chunk_of_the_same_slice() {
     assert_eq!(s3.keys(&bucket), want_keys);
     for (first, _, key) in steps {
         let o = s3.get(&bucket, key);
+        // s3_metadata: placeholders expanded, %{index} the key's, other %{...} removed.
+        let slot = key.rsplit('_').next().unwrap().trim_end_matches(".gz");
+        let meta = |k: &str| o.metadata.get(k).map(String::as_str);
+        assert_eq!(
+            (meta("source"), meta("slot"), meta("gone")),
+            (Some("app.idx"), Some(slot), Some("ab")),
+            "metadata of {key}: {:?}",
+            o.metadata
+        );
         assert_eq!(
             records(&[o], ""),
             sorted(records_of(&events("app.idx", first, 3, 0))),
@@ -656,6 +666,89 @@ fn s3_multipart_gzip_parts_are_whole_members() {
         o.decoded() == expected,
         "the object is not exactly the records sent"
     );
+}
+
+/// Fluent Bit's large-object model: with a large `chunk_limit_size`, parts are uploaded while
+/// the chunk is still staged; after a SIGKILL and a restart the upload goes on, and the flush
+/// completes it into one object of exactly the records sent.
+#[test]
+fn s3_staged_chunk_uploads_parts_before_its_flush() {
+    let s3 = S3Server::shared();
+    let bucket = bucket_name("s3_staged_chunk_uploads_parts_before_its_flush");
+    s3.create_bucket(&bucket);
+    let dir = tmp();
+    let buf = dir.path().join("buf");
+    let body = r#"  path big/
+  store_as gzip
+  part_size 5m
+  <format>
+    @type json
+  </format>
+  <buffer tag>
+    @type file
+    path BUF
+    chunk_limit_size 1g
+    flush_mode interval
+    flush_interval 1h
+    flush_thread_interval 0.2
+    flush_at_shutdown false
+  </buffer>
+"#
+    .replace("BUF", &buf.display().to_string());
+    let m = s3_match("app.**", s3, &bucket, dir.path(), &body);
+    let mut run = Sluice::start(dir.path(), "s3.conf", &m);
+    // Random text compresses to about 3/4: some 12 MiB of gzip, more than two parts.
+    let mut rng = Rng(13);
+    let mut expected = send_big(&mut run, "app.big", 16_000, 1024, &mut rng);
+    let staged_parts = || {
+        s3.uploads_in_progress(&bucket)
+            .iter()
+            .map(|u| s3.uploaded_parts(&bucket, u).len())
+            .sum::<usize>()
+    };
+    let uploading = eventually(20, || staged_parts() >= 2);
+    let in_progress = s3.uploads_in_progress(&bucket);
+    let stderr = run.daemon.stderr();
+    drop(run); // SIGKILL
+    assert!(
+        uploading,
+        "no parts uploaded while the chunk is staged\n{stderr}"
+    );
+    assert_eq!(
+        in_progress.len(),
+        1,
+        "one upload for the one chunk: {in_progress:?}"
+    );
+    assert!(
+        s3.keys(&bucket).is_empty(),
+        "an object before the chunk's flush"
+    );
+    for size in s3.uploaded_parts(&bucket, &in_progress[0]) {
+        assert!(
+            size >= 5 * MIB,
+            "a part uploaded while staged is under 5 MiB"
+        );
+    }
+    let chunks = chunk_files(&buf);
+    assert!(
+        chunks.iter().any(|c| c.contains(".b")),
+        "the chunk is still staged: {chunks:?}"
+    );
+
+    // Restarted: the chunk is still staged, more records arrive, then a flush completes the
+    // upload that was started before the kill.
+    let mut run = Sluice::start(dir.path(), "s3.conf", &m);
+    expected.extend(send_big(&mut run, "app.big", 2_000, 1024, &mut rng));
+    let o = flush_one_object(s3, &bucket, run);
+    let parts = parts_of(s3, &bucket, &o);
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    assert!(
+        o.decoded() == expected,
+        "the object is not exactly the records sent ({} vs {} bytes)",
+        o.decoded().len(),
+        expected.len()
+    );
+    assert!(chunk_files(&buf).is_empty(), "the chunk left the buffer");
 }
 
 // ------------------------------------------------------------------------------------------

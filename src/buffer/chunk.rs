@@ -279,19 +279,22 @@ impl Chunk {
     }
 }
 
-/// Writes a delivery frame at offset `at` of a chunk file and syncs it; returns its length.
+/// Writes a delivery frame at offset `at` of a chunk file; returns the file (for the caller
+/// to sync) and the frame's length.
 pub fn write_delivery_frame(
     path: &std::path::Path,
     at: u64,
     payload: &[u8],
-) -> std::io::Result<u64> {
+) -> std::io::Result<(std::fs::File, u64)> {
     use std::os::unix::fs::FileExt;
     let mut frame = Vec::with_capacity(payload.len() + super::wal::HEADER_LEN);
     super::wal::encode(super::wal::FrameKind::Delivery, payload, &mut frame);
     let f = std::fs::OpenOptions::new().write(true).open(path)?;
-    f.write_all_at(&frame, at)?;
-    f.sync_data()?;
-    Ok(frame.len() as u64)
+    if let Err(e) = f.write_all_at(&frame, at) {
+        let _ = f.set_len(at);
+        return Err(e);
+    }
+    Ok((f, frame.len() as u64))
 }
 
 /// The records' bytes of a chunk file (intact frames only), their count, and the scan.

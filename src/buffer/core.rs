@@ -37,6 +37,7 @@ use super::chunk_id::ChunkId;
 use super::config::{BufferConfig, Compress, FlushMode};
 use super::file::FileStore;
 use super::metadata::Metadata;
+use super::records::FileRecords;
 use crate::time::Clock;
 
 /// The records of one metadata that one write appends: their bytes back to back, and where
@@ -126,8 +127,11 @@ pub struct FlushChunk {
     pub id: ChunkId,
     /// Its metadata.
     pub metadata: Metadata,
-    /// Its bytes as stored (compressed when the buffer compresses).
+    /// Its bytes as stored (compressed when the buffer compresses); empty when `file` is set.
     pub bytes: Bytes,
+    /// The chunk file's records, read by range on demand: set for uncompressed file-buffer
+    /// chunks, so a flush worker never has to hold a whole chunk in memory.
+    pub file: Option<FileRecords>,
     /// Its record count.
     pub records: u64,
     /// Creation time.
@@ -137,6 +141,33 @@ pub struct FlushChunk {
     /// The delivery records an output wrote for this chunk in earlier attempts (before a crash
     /// or a failed attempt), oldest first: an output that can check its destination uses them to
     /// write exactly once, and to resume where it stopped.
+    pub deliveries: Vec<Bytes>,
+}
+
+impl FlushChunk {
+    /// Its bytes as stored, read from the chunk file when they were left there.
+    pub fn stored(&self) -> std::io::Result<Bytes> {
+        match &self.file {
+            Some(f) => f.read_all(),
+            None => Ok(self.bytes.clone()),
+        }
+    }
+}
+
+/// A staged chunk's file as far as it is written (see [`Buffer::staged_files`]).
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    /// The chunk's id.
+    pub id: ChunkId,
+    /// Its metadata.
+    pub metadata: Metadata,
+    /// Its file (the staged name; it changes when the chunk is queued).
+    pub path: std::path::PathBuf,
+    /// Bytes of the file made of complete frames.
+    pub file_len: u64,
+    /// Bytes of records in those frames.
+    pub records_len: u64,
+    /// Its delivery records.
     pub deliveries: Vec<Bytes>,
 }
 
@@ -291,6 +322,17 @@ impl State {
             .map(|b| b.path.display().to_string())
             .unwrap_or_default();
         tracing::error!(chunk_id = %c.id, path, "cannot read buffer chunk file; it is left on disk and skipped: {e}");
+    }
+
+    /// The chunk with this id, wherever it is.
+    fn chunk_mut(&mut self, id: ChunkId) -> Option<&mut Chunk> {
+        if let Some(c) = self.in_flight.get_mut(&id) {
+            return Some(c);
+        }
+        if let Some(c) = self.queue.iter_mut().find(|c| c.id == id) {
+            return Some(c);
+        }
+        self.stage.values_mut().find(|c| c.id == id)
     }
 
     fn recount_stage(&mut self) {
@@ -872,16 +914,11 @@ impl Buffer {
             };
             // A file chunk is read without holding the buffer lock, so emits go on meanwhile.
             let fc = flush_chunk(&c, Bytes::new());
-            let id = c.id;
+            let (id, compress) = (c.id, c.compress);
             st.in_flight.insert(id, c);
             drop(st);
-            match super::chunk::read_records(&path) {
-                Ok((records, _, _)) => {
-                    return Some(FlushChunk {
-                        bytes: Bytes::from(records),
-                        ..fc
-                    })
-                }
+            match read_flush_chunk(&path, compress) {
+                Ok((bytes, file)) => return Some(FlushChunk { bytes, file, ..fc }),
                 Err(e) => {
                     let mut st = self.lock();
                     if let Some(c) = st.in_flight.remove(&id) {
@@ -892,29 +929,66 @@ impl Buffer {
         }
     }
 
-    /// Records, before an output delivers an in-flight chunk, where it is delivering it (synced
-    /// to the chunk file for file buffers).
+    /// Records, before an output delivers a chunk, where it is delivering it (synced to the
+    /// chunk file for file buffers). The chunk may be in flight, queued or staged (an output
+    /// may deliver a staged chunk's beginning ahead of its flush).
     ///
-    /// The frame is written and synced outside the buffer lock (appends to other chunks go on
-    /// meanwhile): an in-flight chunk has one writer, the flush worker that holds it.
+    /// The frame is written under the buffer lock (appends to a staged chunk's file are too, so
+    /// they cannot interleave) and synced after the lock is released.
     pub fn record_delivery(&self, id: ChunkId, payload: &[u8]) -> std::io::Result<()> {
-        let not_in_flight = || std::io::Error::other(format!("chunk {id} is not in flight"));
-        let target = {
-            let st = self.lock();
-            let c = st.in_flight.get(&id).ok_or_else(not_in_flight)?;
-            c.backing.as_ref().map(|b| (b.path.clone(), b.file_len))
-        };
-        let written = match target {
-            Some((path, at)) => Some(super::chunk::write_delivery_frame(&path, at, payload)?),
+        let mut st = self.lock();
+        let c = st
+            .chunk_mut(id)
+            .ok_or_else(|| std::io::Error::other(format!("chunk {id} is not in the buffer")))?;
+        let written = match c.backing.as_mut() {
+            Some(b) if b.file_len == 0 => {
+                return Err(std::io::Error::other(format!("chunk {id} has no file yet")))
+            }
+            Some(b) => {
+                let (file, len) = super::chunk::write_delivery_frame(&b.path, b.file_len, payload)?;
+                b.file_len += len;
+                Some(file)
+            }
             None => None,
         };
-        let mut st = self.lock();
-        let c = st.in_flight.get_mut(&id).ok_or_else(not_in_flight)?;
-        if let (Some(b), Some(len)) = (c.backing.as_mut(), written) {
-            b.file_len += len;
-        }
         c.deliveries.push(Bytes::copy_from_slice(payload));
-        Ok(())
+        drop(st);
+        match written {
+            Some(file) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the chunk is staged.
+    pub fn is_staged(&self, id: ChunkId) -> bool {
+        self.lock().stage.values().any(|c| c.id == id)
+    }
+
+    /// The delivery records of a chunk in the buffer, oldest first.
+    pub fn deliveries_of(&self, id: ChunkId) -> Option<Vec<Bytes>> {
+        self.lock().chunk_mut(id).map(|c| c.deliveries.clone())
+    }
+
+    /// The staged chunks of a file buffer whose records are stored uncompressed and have
+    /// reached the disk: what an output may start delivering before the chunk is queued.
+    pub fn staged_files(&self) -> Vec<StagedFile> {
+        let st = self.lock();
+        st.stage_order
+            .iter()
+            .filter_map(|m| st.stage.get(m))
+            .filter(|c| c.compress == Compress::Text)
+            .filter_map(|c| {
+                let b = c.backing.as_ref()?;
+                (b.disk_len > 0).then(|| StagedFile {
+                    id: c.id,
+                    metadata: c.metadata.clone(),
+                    path: b.path.clone(),
+                    file_len: b.file_len,
+                    records_len: b.disk_len,
+                    deliveries: c.deliveries.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Removes a written chunk. Returns false when it was not in flight.
@@ -1015,12 +1089,27 @@ impl Buffer {
     }
 }
 
+/// A file chunk's data for a flush worker: indexed for reads by range when its records are
+/// stored uncompressed and every frame is intact, else the intact frames' records read whole.
+fn read_flush_chunk(
+    path: &std::path::Path,
+    compress: Compress,
+) -> std::io::Result<(Bytes, Option<FileRecords>)> {
+    if compress == Compress::Text {
+        if let Some(f) = FileRecords::open(path, None)? {
+            return Ok((Bytes::new(), Some(f)));
+        }
+    }
+    Ok((Bytes::from(super::chunk::read_records(path)?.0), None))
+}
+
 /// What a flush worker gets of chunk `c`, with its bytes.
 fn flush_chunk(c: &Chunk, bytes: Bytes) -> FlushChunk {
     FlushChunk {
         id: c.id,
         metadata: c.metadata.clone(),
         bytes,
+        file: None,
         records: c.records(),
         created: c.created,
         compress: c.compress,

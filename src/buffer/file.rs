@@ -280,42 +280,14 @@ impl FileStore {
         }
         found.sort_by_key(|f| (f.3, f.1));
         for (state, id, path, mtime) in found {
-            let (records, count, scan) = read_records(&path)?;
-            let raw = if scan.damage.is_empty() {
-                Vec::new()
-            } else {
-                std::fs::read(&path)?
-            };
-            for d in &scan.damage {
-                self.damaged_frames.fetch_add(1, Ordering::Relaxed);
-                self.damaged_bytes
-                    .fetch_add(d.end - d.start, Ordering::Relaxed);
-                let lost = match wal::records_claimed(&raw, d) {
-                    Some(n) => n.to_string(),
-                    None => "unknown".to_string(),
-                };
-                tracing::error!(
-                    path = %path.display(), start = d.start, end = d.end, records_lost = %lost,
-                    "damaged bytes in buffer chunk file cut out during resume (torn write or corruption); the rest of the chunk is kept"
-                );
-            }
-            let data = std::fs::read(&path)?;
-            let header = scan
-                .frames
-                .iter()
-                .find(|f| f.kind == wal::FrameKind::Header)
-                .and_then(|f| {
-                    decode_header(
-                        &data
-                            [f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize],
-                    )
-                });
-            let Some(h) = header.filter(|h| h.id == id) else {
+            let f = self.read_chunk_file(&path)?;
+            let (count, records_len) = (f.count, f.records_len);
+            let Some(h) = f.header.filter(|h| h.id == id) else {
                 tracing::error!(path = %path.display(), "found broken chunk file during resume: no readable metadata");
                 out.broken.push(BrokenChunk {
                     id,
+                    records: (f.records)()?,
                     path,
-                    records: Bytes::from(records),
                     count,
                 });
                 continue;
@@ -325,12 +297,7 @@ impl FileStore {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let end = scan
-                .frames
-                .last()
-                .map(|f| f.payload_offset + f.len as u64)
-                .unwrap_or(0);
-            let file_len = data.len() as u64;
+            let (end, file_len) = (f.end, f.file_len);
             if state == 'b' && end < file_len {
                 // Appends continue after the last intact frame.
                 let f = std::fs::OpenOptions::new().write(true).open(&path)?;
@@ -353,21 +320,11 @@ impl FileStore {
             );
             c.modified = modified;
             c.compress = h.compress;
-            c.deliveries = scan
-                .frames
-                .iter()
-                .filter(|f| f.kind == wal::FrameKind::Delivery)
-                .map(|f| {
-                    Bytes::copy_from_slice(
-                        &data
-                            [f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize],
-                    )
-                })
-                .collect();
-            c.set_resumed(records.len() as u64, count);
+            c.deliveries = f.deliveries;
+            c.set_resumed(records_len, count);
             c.backing = Some(FileBacking {
                 path: path.clone(),
-                disk_len: records.len() as u64,
+                disk_len: records_len,
                 disk_records: count,
                 file_len: if state == 'b' { end } else { file_len },
                 file: None,
@@ -382,6 +339,83 @@ impl FileStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// What resume needs of one chunk file.
+struct ChunkFile {
+    header: Option<Header>,
+    count: u64,
+    records_len: u64,
+    deliveries: Vec<Bytes>,
+    /// Where the last intact frame ends.
+    end: u64,
+    file_len: u64,
+    /// The records, read whole (only for backing up a broken file).
+    records: Box<dyn FnOnce() -> std::io::Result<Bytes>>,
+}
+
+impl FileStore {
+    /// Reads one chunk file for resume. An intact file is walked a frame at a time (memory
+    /// independent of the chunk's size); a file with damage is read whole, its damaged ranges
+    /// are logged and counted, and every intact frame is kept.
+    fn read_chunk_file(&self, path: &Path) -> std::io::Result<ChunkFile> {
+        if let Some(sc) = super::records::scan_file(path, None)? {
+            let records = sc.records.clone();
+            return Ok(ChunkFile {
+                header: sc.header.as_deref().and_then(decode_header),
+                count: sc.records.count(),
+                records_len: sc.records.len(),
+                deliveries: sc.deliveries,
+                end: sc.end,
+                file_len: sc.end,
+                records: Box::new(move || records.read_all()),
+            });
+        }
+        let (records, count, scan) = read_records(path)?;
+        let data = std::fs::read(path)?;
+        for d in &scan.damage {
+            self.damaged_frames.fetch_add(1, Ordering::Relaxed);
+            self.damaged_bytes
+                .fetch_add(d.end - d.start, Ordering::Relaxed);
+            let lost = match wal::records_claimed(&data, d) {
+                Some(n) => n.to_string(),
+                None => "unknown".to_string(),
+            };
+            tracing::error!(
+                path = %path.display(), start = d.start, end = d.end, records_lost = %lost,
+                "damaged bytes in buffer chunk file cut out during resume (torn write or corruption); the rest of the chunk is kept"
+            );
+        }
+        let payload = |f: &wal::Frame| {
+            &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize]
+        };
+        let header = scan
+            .frames
+            .iter()
+            .find(|f| f.kind == wal::FrameKind::Header)
+            .and_then(|f| decode_header(payload(f)));
+        let deliveries = scan
+            .frames
+            .iter()
+            .filter(|f| f.kind == wal::FrameKind::Delivery)
+            .map(|f| Bytes::copy_from_slice(payload(f)))
+            .collect();
+        let end = scan
+            .frames
+            .last()
+            .map(|f| f.payload_offset + f.len as u64)
+            .unwrap_or(0);
+        let records_len = records.len() as u64;
+        Ok(ChunkFile {
+            header,
+            count,
+            records_len,
+            deliveries,
+            end,
+            file_len: data.len() as u64,
+            records: Box::new(move || Ok(Bytes::from(records))),
+        })
     }
 }
 
@@ -655,7 +689,12 @@ mod resume_tests {
         b.enqueue_all();
         let mut out = Vec::new();
         while let Some(c) = b.dequeue() {
-            for line in c.bytes.split(|x| *x == b'\n').filter(|l| !l.is_empty()) {
+            for line in c
+                .stored()
+                .unwrap()
+                .split(|x| *x == b'\n')
+                .filter(|l| !l.is_empty())
+            {
                 let s = std::str::from_utf8(line).unwrap();
                 out.push(s.trim_start_matches("record ").parse().unwrap());
             }

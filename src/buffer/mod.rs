@@ -9,5 +9,6 @@ pub mod config;
 pub mod core;
 pub mod file;
 pub mod metadata;
+pub mod records;
 pub mod tool;
 pub mod wal;

@@ -399,8 +399,8 @@ mod tests {
         let (b, _) = Buffer::open_file(limits(), false, FakeClock::at(1000), store).unwrap();
         let c = b.dequeue().unwrap();
         assert_eq!(
-            (c.id, c.records, c.bytes.as_ref()),
-            (bid, 2, &b"line 1\nline 2\n"[..])
+            (c.id, c.records, c.stored().unwrap()),
+            (bid, 2, Bytes::from_static(b"line 1\nline 2\n"))
         );
     }
 }

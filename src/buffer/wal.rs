@@ -111,22 +111,33 @@ pub struct Scan {
     pub damage: Vec<Damage>,
 }
 
-/// Reads the frame at `at`, if an intact one starts there.
-fn frame_at(data: &[u8], at: usize) -> Option<Frame> {
-    let h = data.get(at..at + HEADER_LEN)?;
+/// A frame's header: kind, payload length and checksum, when `h` (at least [`HEADER_LEN`]
+/// bytes) starts with one that can be read (magic, known kind, length within bounds).
+pub fn parse_header(h: &[u8]) -> Option<(FrameKind, u32, u32)> {
+    let h = h.get(..HEADER_LEN)?;
     if h[..4] != MAGIC {
         return None;
     }
-    let kind_byte = h[4];
-    let kind = FrameKind::from_byte(kind_byte)?;
+    let kind = FrameKind::from_byte(h[4])?;
     let len = u32::from_be_bytes([h[5], h[6], h[7], h[8]]);
     if len > MAX_PAYLOAD {
         return None;
     }
     let crc = u32::from_be_bytes([h[9], h[10], h[11], h[12]]);
+    Some((kind, len, crc))
+}
+
+/// Whether `payload` is what a frame of this kind and checksum holds.
+pub fn verify(kind: FrameKind, crc: u32, payload: &[u8]) -> bool {
+    checksum(kind.byte(), payload.len() as u32, payload) == crc
+}
+
+/// Reads the frame at `at`, if an intact one starts there.
+fn frame_at(data: &[u8], at: usize) -> Option<Frame> {
+    let (kind, len, crc) = parse_header(data.get(at..)?)?;
     let start = at + HEADER_LEN;
     let payload = data.get(start..start.checked_add(len as usize)?)?;
-    if checksum(kind_byte, len, payload) != crc {
+    if !verify(kind, crc, payload) {
         return None;
     }
     Some(Frame {

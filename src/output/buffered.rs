@@ -45,6 +45,7 @@ use crate::buffer::config::{
 use crate::buffer::core::{Buffer, BufferLimits, BufferStats, FlushChunk, Group, WriteError};
 use crate::buffer::file::{FileStore, Layout};
 use crate::buffer::metadata::{Metadata, MetadataBuilder};
+use crate::buffer::records::ChunkRecords;
 use crate::event::{EventStream, EventTime, StreamBuilder};
 use crate::time::{until, Clock, Zone};
 
@@ -133,10 +134,30 @@ impl WriteChunk {
 
     /// The chunk's records' bytes, decompressed.
     pub fn data(&self) -> std::io::Result<Bytes> {
+        let stored = self.chunk.stored()?;
         match self.compress {
-            Compress::Text => Ok(self.chunk.bytes.clone()),
-            c => decompress(&self.chunk.bytes, c, self.decompression_limit).map(Bytes::from),
+            Compress::Text => Ok(stored),
+            c => decompress(&stored, c, self.decompression_limit).map(Bytes::from),
         }
+    }
+
+    /// The chunk's records for a writer that reads them range by range: a file chunk stays on
+    /// disk (memory independent of the chunk's size); a compressed chunk is decompressed whole.
+    pub fn records_by_range(&self) -> Result<ChunkRecords, ChunkWriteError> {
+        match &self.chunk.file {
+            Some(f) => Ok(ChunkRecords::File(f.clone())),
+            None => self.records().map(ChunkRecords::Memory),
+        }
+    }
+
+    /// The delivery records as the buffer has them now: those of earlier attempts and any
+    /// written since this chunk was taken for flushing (e.g. by an output delivering a staged
+    /// chunk ahead of its flush).
+    pub fn current_deliveries(&self) -> Vec<Bytes> {
+        self.journal
+            .as_ref()
+            .and_then(|b| b.deliveries_of(self.chunk.id))
+            .unwrap_or_else(|| self.chunk.deliveries.clone())
     }
 }
 
@@ -189,6 +210,18 @@ pub trait ChunkWriter: Send + Sync + std::fmt::Debug {
     fn start<'a>(&'a self, buffer: &'a Arc<Buffer>) -> BoxFuture<'a, Result<(), String>> {
         let _ = buffer;
         Box::pin(async { Ok(()) })
+    }
+
+    /// A task the driver runs beside its flush workers, from start-up until `stop` flips (at
+    /// shutdown, before the final flush): e.g. the s3 output uploading the parts of staged
+    /// chunks ahead of their flush. None by default.
+    fn background(
+        &self,
+        buffer: &Arc<Buffer>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let _ = (buffer, stop);
+        None
     }
 
     /// Figures of this writer's own (name, value), added to the output's metrics.
@@ -459,6 +492,7 @@ impl BufferedOutput {
                 id: b.id,
                 metadata: Metadata::default(),
                 bytes: b.records,
+                file: None,
                 records: b.count,
                 created: 0,
                 // Without a header the compression is unknown: assume the configured one.
@@ -1220,6 +1254,12 @@ impl BufferedOutput {
         }
         if let Some(p) = self.enqueue_period() {
             tasks.push(tokio::spawn(self.clone().enqueue_timer(p)));
+        }
+        if let Some(task) = self
+            .primary
+            .background(self.buffer(), self.stop.subscribe())
+        {
+            tasks.push(tokio::spawn(task));
         }
     }
 }

@@ -463,7 +463,9 @@ impl FileWriter {
     /// The bytes to write for a chunk.
     fn content(&self, wc: &WriteChunk) -> Result<Bytes, ChunkWriteError> {
         if self.copy_compressed && self.compress.same_as(wc.compress) {
-            return Ok(wc.chunk.bytes.clone());
+            return wc.chunk.stored().map_err(|e| {
+                ChunkWriteError::retryable("IOError", format!("cannot read chunk: {e}"))
+            });
         }
         let data = wc.records()?;
         self.compress.encode(data).map_err(|e| {
@@ -1438,6 +1440,7 @@ mod tests {
                 id: ChunkId::now(),
                 metadata,
                 bytes: Bytes::from(stored),
+                file: None,
                 records: 1,
                 created: 0,
                 compress,

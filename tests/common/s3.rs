@@ -311,6 +311,30 @@ impl S3Server {
         })
     }
 
+    /// Sizes of the parts uploaded so far to an upload in progress, by part number.
+    pub fn uploaded_parts(&self, bucket: &str, upload: &Upload) -> Vec<u64> {
+        self.block_on(async {
+            let out = self
+                .client
+                .list_parts()
+                .bucket(bucket)
+                .key(&upload.key)
+                .upload_id(&upload.upload_id)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("list parts of {}: {}", upload.key, DisplayErrorContext(e))
+                });
+            let mut parts: Vec<(i32, u64)> = out
+                .parts()
+                .iter()
+                .map(|p| (p.part_number().unwrap_or(0), p.size().unwrap_or(0) as u64))
+                .collect();
+            parts.sort_unstable();
+            parts.into_iter().map(|p| p.1).collect()
+        })
+    }
+
     /// Stores `body` at `key` (for checking the harness itself).
     pub fn put(&self, bucket: &str, key: &str, body: Vec<u8>) {
         self.block_on(

@@ -181,34 +181,76 @@ impl KeyTemplate {
             ),
             _ => String::new(),
         };
-        let mut out = String::with_capacity(expanded.len() + 48);
-        let mut rest = expanded.as_str();
-        while let Some(i) = rest.find("%{") {
-            out.push_str(&rest[..i]);
-            let after = &rest[i + 2..];
-            let Some(close) = after.find('}') else {
-                out.push_str(&rest[i..]);
-                rest = "";
-                break;
-            };
-            match &after[..close] {
-                "time_slice" => out.push_str(&time_slice),
-                "index" => out.push_str(&self.index_format.format(vars.index)),
-                "hex_random" => {
-                    let rev: String = id.to_string().chars().rev().collect();
-                    out.push_str(&rev[..self.hex_random_length.min(rev.len())]);
-                }
-                "uuid_flush" => out.push_str(vars.uuid),
-                "epoch" => out.push_str(vars.epoch),
-                "chunk_id" => out.push_str(&id.to_string()),
-                _ => {}
+        let out = expand_variables(&expanded, |name, out| match name {
+            "time_slice" => out.push_str(&time_slice),
+            "index" => out.push_str(&self.index_format.format(vars.index)),
+            "hex_random" => {
+                let rev: String = id.to_string().chars().rev().collect();
+                out.push_str(&rev[..self.hex_random_length.min(rev.len())]);
             }
-            rest = &after[close + 1..];
-        }
-        out.push_str(rest);
+            "uuid_flush" => out.push_str(vars.uuid),
+            "epoch" => out.push_str(vars.epoch),
+            "chunk_id" => out.push_str(&id.to_string()),
+            _ => {}
+        });
         check_key(&out)?;
         Ok(out)
     }
+
+    /// The `%{index}` that `key` was rendered with for this chunk (0 when the template has no
+    /// `%{index}`, or when the key cannot be rendered again, e.g. with `%{uuid_flush}`).
+    pub fn index_of(&self, key: &str, metadata: &Metadata, id: &ChunkId, epoch: &str) -> u64 {
+        if !self.uses_index() || self.uses_uuid() {
+            return 0;
+        }
+        (0..10_000)
+            .find(|&index| {
+                let vars = KeyVars {
+                    index,
+                    epoch,
+                    uuid: "",
+                };
+                self.render(metadata, id, &vars).as_deref() == Ok(key)
+            })
+            .unwrap_or(0)
+    }
+
+    /// An `s3_metadata` value for a chunk, as fluent-plugin-s3 makes it: buffer placeholders
+    /// expanded, `%{index}` the index of the chunk's key, any other `%{...}` removed.
+    pub fn metadata_value(
+        &self,
+        value: &str,
+        metadata: &Metadata,
+        id: &ChunkId,
+        index: u64,
+    ) -> Result<String, PlaceholderError> {
+        let expanded = placeholder::extract(value, metadata, id, &self.placeholders)?;
+        Ok(expand_variables(&expanded, |name, out| {
+            if name == "index" {
+                out.push_str(&self.index_format.format(index));
+            }
+        }))
+    }
+}
+
+/// `text` with every `%{name}` replaced by what `var` writes for it (an unterminated `%{` is
+/// kept as it is).
+fn expand_variables(text: &str, mut var: impl FnMut(&str, &mut String)) -> String {
+    let mut out = String::with_capacity(text.len() + 48);
+    let mut rest = text;
+    while let Some(i) = rest.find("%{") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        var(&after[..close], &mut out);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Keys S3 cannot store, or that would be unsafe to write: too long, empty, control bytes.

@@ -4,8 +4,10 @@
 //! `s3_object_key_format`, `store_as`, `<format>`, `<inject>`, object attributes,
 //! credentials); the buffer is the normal `<buffer>` section, so a file buffer is the local
 //! spool. What sluice adds is in [`upload`]: deterministic keys, journaled and resumable
-//! multipart uploads, verification before a chunk is purged, and the start-up sweep of
-//! uploads no journal knows.
+//! multipart uploads, verification before a chunk is purged, the start-up sweep of uploads no
+//! journal knows, and uploads of staged chunks' parts ahead of their flush (a background task,
+//! [`ChunkWriter::background`]; one lock per chunk keeps it and the flush from writing one
+//! chunk's journal at the same time).
 //!
 //! Modules: [`key`] expands object keys, [`parts`] cuts and compresses parts, [`journal`]
 //! reads and writes the per-chunk upload journal, [`client`] builds the AWS client and
@@ -17,16 +19,20 @@ pub mod key;
 pub mod parts;
 pub mod upload;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectCannedAcl, ServerSideEncryption, StorageClass};
 use bytes::Bytes;
 
 use super::buffered::{ChunkWriteError, ChunkWriter, WriteChunk};
 use super::BoxFuture;
+use crate::buffer::chunk_id::ChunkId;
+use crate::buffer::config::Compress;
 use crate::buffer::config::{BufferConfig, ChunkKeys, OutputDefaults};
-use crate::buffer::core::Buffer;
+use crate::buffer::core::{Buffer, FlushChunk, StagedFile};
+use crate::buffer::records::{ChunkRecords, FileRecords};
 use crate::config::{ConfigError, Element};
 use crate::event::EventTime;
 use crate::format::inject::RecordFormat;
@@ -93,6 +99,7 @@ pub struct Counters {
     uploads_resumed: AtomicU64,
     uploads_completed: AtomicU64,
     parts_uploaded: AtomicU64,
+    staged_parts_uploaded: AtomicU64,
     orphans_aborted: AtomicU64,
     errors_auth: AtomicU64,
     errors_transient: AtomicU64,
@@ -120,6 +127,14 @@ pub struct Uploader {
     epoch: OnceLock<String>,
     warn_for_delay: Option<f64>,
     counters: Counters,
+    /// The part size for uploads of staged chunks (`upload_staged_parts`; sized for a chunk of
+    /// `chunk_limit_size`), or None when staged chunks are not uploaded ahead of their flush.
+    staged_part_size: Option<u64>,
+    /// How often staged chunks are looked at (`flush_thread_interval`).
+    stage_check: std::time::Duration,
+    /// One lock per chunk being uploaded: a flush waits for an upload of the chunk's staged
+    /// parts to finish, so one chunk's journal has one writer at a time.
+    chunk_locks: Mutex<HashMap<ChunkId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// `@type s3`.
@@ -215,6 +230,8 @@ impl S3Output {
             ));
         }
 
+        let upload_staged_parts = section.bool("upload_staged_parts")?.unwrap_or(true);
+
         let attributes = Attributes::configure(section)?;
         let credentials = CredentialSource::configure(section)?;
         let _ = section.bool("overwrite")?;
@@ -245,6 +262,10 @@ impl S3Output {
             epoch: OnceLock::new(),
             warn_for_delay,
             counters: Counters::default(),
+            staged_part_size: upload_staged_parts
+                .then(|| parts::part_size_for(part_size, cfg.chunk_limit_size)),
+            stage_check: std::time::Duration::from_secs_f64(cfg.flush_thread_interval.max(0.05)),
+            chunk_locks: Mutex::new(HashMap::new()),
         };
         Ok(S3Output {
             uploader: Arc::new(uploader),
@@ -490,15 +511,14 @@ impl Uploader {
         }
     }
 
-    /// The chunk's formatted records, decompressed on a blocking thread.
-    /// The chunk's formatted records; decompression (when the buffer compresses) runs on a
+    /// The chunk's formatted records, read by range; a compressed chunk is decompressed on a
     /// blocking thread.
-    async fn data(wc: &WriteChunk) -> Result<Bytes, ChunkWriteError> {
-        if wc.compress == crate::buffer::config::Compress::Text {
-            return wc.records();
+    async fn records(wc: &WriteChunk) -> Result<ChunkRecords, ChunkWriteError> {
+        if wc.chunk.file.is_some() || wc.compress == Compress::Text {
+            return wc.records_by_range();
         }
         let wc2 = wc.clone();
-        tokio::task::spawn_blocking(move || wc2.records())
+        tokio::task::spawn_blocking(move || wc2.records_by_range())
             .await
             .unwrap_or_else(|e| {
                 Err(ChunkWriteError::retryable(
@@ -508,6 +528,136 @@ impl Uploader {
             })
     }
 
+    /// The lock of one chunk's upload (locks nobody holds are dropped on the way).
+    fn chunk_lock(&self, id: ChunkId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.chunk_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(id).or_default().clone()
+    }
+
+    /// Uploads the parts of staged chunks as soon as whole parts are there (Fluent Bit's
+    /// large-object model), until `stop` flips. Failures are logged and retried later: the
+    /// chunk's flush writes whatever is not uploaded by then, on the buffer's retry schedule.
+    async fn upload_staged_chunks(
+        self: Arc<Self>,
+        buffer: Weak<Buffer>,
+        part_size: u64,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // Per chunk: the records length to wait for, and the time before which not to retry.
+        let mut waits: HashMap<ChunkId, (usize, std::time::Instant)> = HashMap::new();
+        // Per chunk: its file as indexed so far (a staged file only grows).
+        let mut indexes: HashMap<ChunkId, FileRecords> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.stage_check) => {}
+                _ = stop.changed() => return,
+            }
+            let Some(buffer) = buffer.upgrade() else {
+                return;
+            };
+            let staged = buffer.staged_files();
+            waits.retain(|id, _| staged.iter().any(|s| s.id == *id));
+            indexes.retain(|id, _| staged.iter().any(|s| s.id == *id));
+            for s in staged {
+                if *stop.borrow() {
+                    return;
+                }
+                let uploaded_to = match journal::Journal::from_records(&s.deliveries).step {
+                    journal::Step::Upload { parts, .. } => parts.last().map_or(0, |p| p.end),
+                    _ => 0,
+                };
+                let available = s.records_len as usize;
+                if !Codec::could_be_full(uploaded_to, part_size, available) {
+                    continue;
+                }
+                if let Some((len, until)) = waits.get(&s.id) {
+                    if available < *len || std::time::Instant::now() < *until {
+                        continue;
+                    }
+                }
+                // A chunk whose flush holds the lock is not staged any more.
+                let lock = self.chunk_lock(s.id);
+                let Ok(_held) = lock.try_lock() else {
+                    continue;
+                };
+                // Stopping mid-upload is safe: each step is journaled before the next one.
+                let pass = tokio::select! {
+                    r = self.upload_staged_chunk(&buffer, &s, part_size, &mut indexes) => r,
+                    _ = stop.changed() => return,
+                };
+                match pass {
+                    Ok(done) => {
+                        waits.insert(s.id, (done.wait_for, std::time::Instant::now()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(chunk_id = %s.id, "cannot upload parts of a staged chunk yet (its flush will): {e}");
+                        let later = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                        waits.insert(s.id, (0, later));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass over one staged chunk, with its lock held.
+    async fn upload_staged_chunk(
+        &self,
+        buffer: &Arc<Buffer>,
+        s: &StagedFile,
+        part_size: u64,
+        indexes: &mut HashMap<ChunkId, FileRecords>,
+    ) -> Result<upload::Staged, String> {
+        // The chunk may have been queued (its file renamed) or flushed meanwhile: then its
+        // flush does the rest.
+        if !buffer.is_staged(s.id) {
+            return Ok(upload::Staged::default());
+        }
+        // Index the file (further) on a blocking thread: it reads what was appended since.
+        let (path, upto, known) = (s.path.clone(), s.file_len, indexes.remove(&s.id));
+        let indexed = tokio::task::spawn_blocking(move || match known {
+            Some(f) => f.extend(upto),
+            None => FileRecords::open(&path, Some(upto)),
+        })
+        .await
+        .map_err(|e| format!("indexing task failed: {e}"))?;
+        let file = match indexed {
+            Ok(Some(f)) => f,
+            Ok(None) => return Err("its file has a damaged frame".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(upload::Staged::default())
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", s.path.display())),
+        };
+        indexes.insert(s.id, file.clone());
+        let wc = WriteChunk {
+            chunk: FlushChunk {
+                id: s.id,
+                metadata: s.metadata.clone(),
+                bytes: Bytes::new(),
+                records: file.count(),
+                file: Some(file),
+                created: 0,
+                compress: Compress::Text,
+                deliveries: s.deliveries.clone(),
+            },
+            compress: Compress::Text,
+            formatted: true,
+            decompression_limit: u64::MAX,
+            journal: Some(buffer.clone()),
+        };
+        match self.upload_staged(&wc, part_size).await {
+            Ok(done) => {
+                if done.parts > 0 {
+                    tracing::debug!(chunk_id = %s.id, parts = done.parts, "uploaded parts of a staged chunk");
+                }
+                Ok(done)
+            }
+            Err(Failure::S3(e)) => Err(e.to_string()),
+            Err(Failure::Write(e)) => Err(e.to_string()),
+        }
+    }
+
     async fn write(&self, wc: &WriteChunk) -> Result<(), ChunkWriteError> {
         if let (Some(limit), Some(tk)) = (self.warn_for_delay, wc.chunk.metadata.timekey) {
             let delay = EventTime::now().sec - tk;
@@ -515,7 +665,9 @@ impl Uploader {
                 tracing::warn!(chunk_id = %wc.chunk.id, delay, "Outdated chunk");
             }
         }
-        let data = Self::data(wc).await?;
+        let lock = self.chunk_lock(wc.chunk.id);
+        let _held = lock.lock().await;
+        let data = Self::records(wc).await?;
         let result = self.write_chunk(wc, data).await;
         match result {
             Ok(key) => {
@@ -568,6 +720,20 @@ impl ChunkWriter for S3Output {
         Box::pin(self.uploader.write(chunk))
     }
 
+    fn background(
+        &self,
+        buffer: &Arc<Buffer>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let part_size = self.uploader.staged_part_size?;
+        buffer.store()?;
+        let task =
+            self.uploader
+                .clone()
+                .upload_staged_chunks(Arc::downgrade(buffer), part_size, stop);
+        Some(Box::pin(task))
+    }
+
     fn metrics(&self) -> Vec<(&'static str, u64)> {
         let c = &self.uploader.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -577,6 +743,7 @@ impl ChunkWriter for S3Output {
             ("s3_multipart_uploads_resumed", l(&c.uploads_resumed)),
             ("s3_multipart_uploads_completed", l(&c.uploads_completed)),
             ("s3_parts_uploaded", l(&c.parts_uploaded)),
+            ("s3_staged_parts_uploaded", l(&c.staged_parts_uploaded)),
             ("s3_orphan_uploads_aborted", l(&c.orphans_aborted)),
             ("s3_errors_auth", l(&c.errors_auth)),
             ("s3_errors_transient", l(&c.errors_transient)),

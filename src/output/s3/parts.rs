@@ -17,6 +17,8 @@ use std::io::Write;
 
 use bytes::Bytes;
 
+use crate::buffer::records::ChunkRecords;
+
 /// How each part is compressed (`store_as`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -61,22 +63,33 @@ impl Codec {
     }
 
     /// Cuts the part that starts at `start`: whole lines until the compressed output reaches
-    /// `part_size` bytes, or the end of the data.
-    pub fn next_part(&self, data: &Bytes, start: usize, part_size: u64) -> std::io::Result<Part> {
+    /// `part_size` bytes, or the end of the data. Reads the records a block at a time, so
+    /// memory is the part plus a block whatever the chunk's size.
+    pub fn next_part(
+        &self,
+        data: &ChunkRecords,
+        start: usize,
+        part_size: u64,
+    ) -> std::io::Result<Part> {
         let part_size = part_size as usize;
+        let len = data.len();
         if *self == Codec::Plain {
-            let end = line_end(data, (start + part_size).min(data.len()));
+            let want = (start + part_size).min(len);
+            let window = data.read(start..(want + BLOCK).min(len))?;
+            let end = start + line_end(&window, want - start, start + window.len() == len);
             return Ok(Part {
                 start,
                 end,
-                body: data.slice(start..end),
+                body: window.slice(..end - start),
             });
         }
-        let mut enc = Encoder::new(*self, part_size.min(data.len() - start) + 64)?;
+        let mut enc = Encoder::new(*self, part_size.min(len - start) + 64)?;
         let mut pos = start;
-        while pos < data.len() && enc.out_len() < part_size {
-            let end = line_end(data, (pos + BLOCK).min(data.len()));
-            enc.write(&data[pos..end])?;
+        while pos < len && enc.out_len() < part_size {
+            let want = (pos + BLOCK).min(len);
+            let window = data.read(pos..(want + BLOCK).min(len))?;
+            let end = pos + line_end(&window, want - pos, pos + window.len() == len);
+            enc.write(&window[..end - pos])?;
             pos = end;
         }
         Ok(Part {
@@ -85,24 +98,61 @@ impl Codec {
             body: enc.finish()?,
         })
     }
+
+    /// Whether `available` bytes of records could hold a whole part starting at `start` (see
+    /// [`Codec::is_full`]): a cheap test before compressing.
+    pub fn could_be_full(start: usize, part_size: u64, available: usize) -> bool {
+        available >= start + part_size as usize + 2 * BLOCK
+    }
+
+    /// Whether part `p`, cut from the first `available` bytes of a chunk that is still growing,
+    /// is a whole part that more records appended later would not change: its size reached
+    /// `part_size`, and every cut it made lies at least two blocks before `available`.
+    pub fn is_full(&self, p: &Part, part_size: u64, available: usize) -> bool {
+        let reached = match self {
+            Codec::Plain => (p.end - p.start) as u64 >= part_size,
+            _ => p.body.len() as u64 >= part_size,
+        };
+        reached && p.end + 2 * BLOCK <= available
+    }
+
+    /// The records length worth waiting for before cutting at `start` again, after `p` (cut
+    /// from everything there was) fell short of `part_size`: what the compression ratio seen
+    /// so far says a whole part needs, plus a tenth.
+    pub fn wait_for(p: &Part, part_size: u64) -> usize {
+        let ratio = (p.end - p.start) as f64 / p.body.len().max(1) as f64;
+        p.start + (ratio * part_size as f64 * 1.1) as usize + 2 * BLOCK
+    }
+
+    /// The part that starts at `start` if the records there make a whole one (see
+    /// [`Codec::is_full`]).
+    pub fn next_full_part(
+        &self,
+        data: &ChunkRecords,
+        start: usize,
+        part_size: u64,
+    ) -> std::io::Result<Option<Part>> {
+        if !Self::could_be_full(start, part_size, data.len()) {
+            return Ok(None);
+        }
+        let p = self.next_part(data, start, part_size)?;
+        Ok(self.is_full(&p, part_size, data.len()).then_some(p))
+    }
 }
 
-/// The end of the line that `at` falls in (just after its `\n`), or `at` itself when it is a
-/// line start or the data has no newline within a block after it.
-fn line_end(data: &[u8], at: usize) -> usize {
-    if at == 0 || at >= data.len() || data[at - 1] == b'\n' {
+/// Where a cut near offset `at` of `window` falls: just after the `\n` ending the line `at` is
+/// in, or `at` itself when it is a line start, when `at` is the end of the data, or when no
+/// newline follows within the window (`window` holds up to a block after `at`; `at_end` says
+/// that it reaches the end of the data).
+fn line_end(window: &[u8], at: usize, at_end: bool) -> usize {
+    if at == 0 || at >= window.len() || window[at - 1] == b'\n' {
         return at;
     }
-    let limit = (at + BLOCK).min(data.len());
-    match memchr_newline(&data[at..limit]) {
+    match window[at..].iter().position(|&b| b == b'\n') {
         Some(i) => at + i + 1,
-        None if limit == data.len() => limit,
+        None if at_end => window.len(),
         None => at,
     }
-}
-
-fn memchr_newline(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
 }
 
 /// A streaming compressor that can report how much output it produced so far.
@@ -175,8 +225,9 @@ mod tests {
     fn all_parts(codec: Codec, data: &Bytes, size: u64) -> Vec<Part> {
         let mut parts = Vec::new();
         let mut start = 0;
+        let src = ChunkRecords::Memory(data.clone());
         while start < data.len() {
-            let p = codec.next_part(data, start, size).unwrap();
+            let p = codec.next_part(&src, start, size).unwrap();
             assert!(p.end > p.start, "a part always advances");
             start = p.end;
             parts.push(p);
@@ -230,9 +281,75 @@ mod tests {
         }
         // Resuming from a journaled part boundary gives the same later parts.
         let resumed = Codec::Gzip(6)
-            .next_part(&data, a[1].start, 256 << 10)
+            .next_part(&ChunkRecords::Memory(data.clone()), a[1].start, 256 << 10)
             .unwrap();
         assert_eq!(resumed.body, a[1].body);
+    }
+
+    #[test]
+    fn a_full_part_of_a_growing_chunk_is_the_part_of_the_whole_chunk() {
+        let data = lines(120_000);
+        for codec in [Codec::Gzip(6), Codec::Zstd(3), Codec::Plain] {
+            let whole = all_parts(codec, &data, 256 << 10);
+            // Every prefix either has no full part yet, or has the same first two parts.
+            for cut in (0..data.len()).step_by(data.len() / 40) {
+                let prefix = ChunkRecords::Memory(data.slice(..cut));
+                let Some(p) = codec.next_full_part(&prefix, 0, 256 << 10).unwrap() else {
+                    continue;
+                };
+                assert_eq!(
+                    (p.end, &p.body),
+                    (whole[0].end, &whole[0].body),
+                    "{codec:?} {cut}"
+                );
+                if let Some(q) = codec.next_full_part(&prefix, p.end, 256 << 10).unwrap() {
+                    assert_eq!((q.end, &q.body), (whole[1].end, &whole[1].body));
+                }
+            }
+            // The whole data has full parts but the last.
+            let src = ChunkRecords::Memory(data.clone());
+            assert!(codec.next_full_part(&src, 0, 256 << 10).unwrap().is_some());
+            let last = whole.last().unwrap();
+            assert!(codec
+                .next_full_part(&src, last.start, 256 << 10)
+                .unwrap()
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn parts_read_from_a_chunk_file_are_the_parts_of_its_records_in_memory() {
+        let data = lines(60_000);
+        let d = tempfile::tempdir().unwrap();
+        let mut file = Vec::new();
+        crate::buffer::wal::encode(crate::buffer::wal::FrameKind::Header, b"h", &mut file);
+        // Frames of uneven sizes, cut mid-line.
+        let mut at = 0;
+        for (i, size) in [1usize, 70_000, 3, 250_000].iter().cycle().enumerate() {
+            if at >= data.len() {
+                break;
+            }
+            let end = (at + size).min(data.len());
+            crate::buffer::wal::encode_records(i as u32, &data[at..end], &mut file);
+            at = end;
+        }
+        let path = d.path().join("c");
+        std::fs::write(&path, &file).unwrap();
+        let on_disk = ChunkRecords::File(
+            crate::buffer::records::FileRecords::open(&path, None)
+                .unwrap()
+                .unwrap(),
+        );
+        let in_memory = all_parts(Codec::Gzip(6), &data, 200 << 10);
+        let mut start = 0;
+        for p in &in_memory {
+            let q = Codec::Gzip(6)
+                .next_part(&on_disk, start, 200 << 10)
+                .unwrap();
+            assert_eq!((q.start, q.end, &q.body), (p.start, p.end, &p.body));
+            start = q.end;
+        }
+        assert_eq!(start, data.len());
     }
 
     #[test]

@@ -19,8 +19,17 @@
 //!    came between CreateMultipartUpload and its journal record: uploads of that key are
 //!    listed and aborted before a new one starts.
 //!
-//! Parts are compressed on blocking threads, one part ahead of the upload, so memory stays at
-//! about two parts per chunk in flight whatever the object size.
+//! 5. **Staged chunks** (file buffers, `upload_staged_parts`): [`Uploader::upload_staged`]
+//!    runs steps 1 and 3 on a chunk that is still growing, one whole part at a time, as soon as
+//!    a part's worth of records is on disk; the chunk's flush then goes through step 4 and
+//!    completes the object. A part cut from a growing chunk is the part the flush would cut
+//!    (see [`super::parts::Codec::is_full`]). Each journal record is synced with `fdatasync`,
+//!    which also makes every records frame before it durable, so a journaled part never
+//!    covers records a crash could take back.
+//!
+//! Parts are read from the chunk file a block at a time and compressed on blocking threads,
+//! one part ahead of the upload, so memory stays at a few parts per chunk in flight whatever
+//! the object size.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -34,6 +43,7 @@ use super::journal::{self, Journal, PartRecord, Step};
 use super::key::KeyVars;
 use super::parts::{part_size_for, Part};
 use super::Uploader;
+use crate::buffer::records::ChunkRecords;
 use crate::output::buffered::{ChunkWriteError, WriteChunk};
 
 /// User metadata naming the chunk an object was written from.
@@ -65,7 +75,7 @@ type Result<T> = std::result::Result<T, Failure>;
 /// Applies the object attributes (`storage_class`, `acl`, grants, SSE, `tagging`,
 /// `s3_metadata`, content type) to a PutObject or CreateMultipartUpload request.
 macro_rules! object_attributes {
-    ($req:expr, $u:expr, $chunk:expr) => {{
+    ($req:expr, $u:expr, $chunk:expr, $metadata:expr) => {{
         let o = &$u.attributes;
         let mut r = $req
             .content_type($u.content_type)
@@ -80,7 +90,7 @@ macro_rules! object_attributes {
             .set_ssekms_key_id(o.ssekms_key_id.clone())
             .set_tagging(o.tagging.clone())
             .set_checksum_algorithm(o.checksum.clone());
-        for (k, v) in &o.metadata {
+        for (k, v) in $metadata {
             r = r.metadata(k, v);
         }
         sse_c!(r, o)
@@ -98,8 +108,8 @@ macro_rules! sse_c {
 
 impl Uploader {
     /// Writes chunk `wc` (its formatted records are `data`) to S3.
-    pub async fn write_chunk(&self, wc: &WriteChunk, data: Bytes) -> Result<String> {
-        let j = Journal::from_records(wc.deliveries());
+    pub async fn write_chunk(&self, wc: &WriteChunk, data: ChunkRecords) -> Result<String> {
+        let j = Journal::from_records(&wc.current_deliveries());
         let key = match &j.key {
             Some(k) => k.clone(),
             None => self.choose_key(wc).await?,
@@ -168,7 +178,7 @@ impl Uploader {
     async fn fresh(
         &self,
         wc: &WriteChunk,
-        data: &Bytes,
+        data: &ChunkRecords,
         key: &str,
         part_size: u64,
     ) -> Result<String> {
@@ -200,7 +210,7 @@ impl Uploader {
     async fn resume_multipart(
         &self,
         wc: &WriteChunk,
-        data: &Bytes,
+        data: &ChunkRecords,
         key: &str,
         upload_id: String,
         part_size: u64,
@@ -255,7 +265,7 @@ impl Uploader {
     async fn continue_multipart(
         &self,
         wc: &WriteChunk,
-        data: &Bytes,
+        data: &ChunkRecords,
         key: &str,
         upload_id: &str,
         part_size: u64,
@@ -269,27 +279,18 @@ impl Uploader {
             _ => None,
         };
         while let Some(part) = next.take() {
-            let number = done.len() as i32 + 1;
             start = part.end;
             // Compress the next part while this one uploads.
             let ahead = (start < data.len()).then(|| {
                 let (codec, data) = (self.codec, data.clone());
                 tokio::task::spawn_blocking(move || codec.next_part(&data, start, part_size))
             });
-            let crc = crc32c::crc32c(&part.body);
-            let len = part.body.len() as u64;
             // An upload that vanished under us (NoSuchUpload) is reconciled by the next attempt.
-            let etag = self.upload_part(key, upload_id, number, part.body).await?;
-            let rec = PartRecord {
-                number,
-                start: part.start,
-                end: part.end,
-                len,
-                etag,
-                crc,
-            };
-            wc.record_delivery(&journal::part(upload_id, &rec))?;
-            done.push(rec);
+            let number = done.len() as i32 + 1;
+            done.push(
+                self.upload_and_journal(wc, key, upload_id, number, part)
+                    .await?,
+            );
             if let Some(h) = ahead {
                 next = Some(joined(h.await)?);
             }
@@ -298,15 +299,156 @@ impl Uploader {
         Ok(key.to_string())
     }
 
+    /// Uploads one part and journals it.
+    async fn upload_and_journal(
+        &self,
+        wc: &WriteChunk,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        part: Part,
+    ) -> Result<PartRecord> {
+        let crc = crc32c::crc32c(&part.body);
+        let len = part.body.len() as u64;
+        let etag = self.upload_part(key, upload_id, number, part.body).await?;
+        let rec = PartRecord {
+            number,
+            start: part.start,
+            end: part.end,
+            len,
+            etag,
+            crc,
+        };
+        wc.record_delivery(&journal::part(upload_id, &rec))?;
+        Ok(rec)
+    }
+
+    /// Uploads the whole parts a chunk that is still staged holds beyond those journaled
+    /// (`wc` carries a snapshot of its file): starts the multipart upload when the first whole
+    /// part is there, then one part after the other. The chunk's flush completes the upload
+    /// through the resume path. Parts are cut exactly as the flush would cut them (see
+    /// [`super::parts::Codec::is_full`]).
+    pub async fn upload_staged(&self, wc: &WriteChunk, part_size: u64) -> Result<Staged> {
+        let data = wc.records_by_range()?;
+        let j = Journal::from_records(&wc.current_deliveries());
+        let mut out = Staged::default();
+        let (key, upload_id, part_size, mut done) = match j.step {
+            Step::Upload {
+                upload_id,
+                part_size,
+                parts,
+            } => (j.key.unwrap_or_default(), upload_id, part_size, parts),
+            // A staged chunk is never written with PutObject.
+            Step::Put => return Ok(out),
+            Step::Intent | Step::None => {
+                let Some(first) = self.cut_full(&data, 0, part_size, &mut out).await? else {
+                    return Ok(out);
+                };
+                let key = match &j.key {
+                    Some(k) => k.clone(),
+                    None => self.choose_key(wc).await?,
+                };
+                if j.step == Step::Intent {
+                    self.abort_uploads_of(&key).await;
+                }
+                wc.record_delivery(&journal::intent(&key))?;
+                let upload_id = self.create(wc, &key).await?;
+                wc.record_delivery(&journal::upload(&key, &upload_id, part_size))?;
+                self.counters
+                    .uploads_created
+                    .fetch_add(1, Ordering::Relaxed);
+                let first = self.staged_part(wc, &key, &upload_id, 1, first).await?;
+                out.parts += 1;
+                (key, upload_id, part_size, vec![first])
+            }
+        };
+        loop {
+            let start = done.last().map_or(0, |p| p.end);
+            let Some(part) = self.cut_full(&data, start, part_size, &mut out).await? else {
+                return Ok(out);
+            };
+            let number = done.len() as i32 + 1;
+            done.push(self.staged_part(wc, &key, &upload_id, number, part).await?);
+            out.parts += 1;
+        }
+    }
+
+    /// One part of a staged chunk. If S3 no longer knows the upload, an `intent` record makes
+    /// the next attempt start a new one.
+    async fn staged_part(
+        &self,
+        wc: &WriteChunk,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        part: Part,
+    ) -> Result<PartRecord> {
+        let r = self
+            .upload_and_journal(wc, key, upload_id, number, part)
+            .await;
+        match &r {
+            Ok(_) => {
+                self.counters
+                    .staged_parts_uploaded
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Failure::S3(e)) if e.code == "NoSuchUpload" => {
+                wc.record_delivery(&journal::intent(key))?;
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// The whole part at `start` of a growing chunk, if there is one; else notes in `out` how
+    /// many records bytes to wait for.
+    async fn cut_full(
+        &self,
+        data: &ChunkRecords,
+        start: usize,
+        part_size: u64,
+        out: &mut Staged,
+    ) -> Result<Option<Part>> {
+        if !super::parts::Codec::could_be_full(start, part_size, data.len()) {
+            return Ok(None);
+        }
+        let p = self.cut(data, start, part_size).await?;
+        if self.codec.is_full(&p, part_size, data.len()) {
+            return Ok(Some(p));
+        }
+        out.wait_for = super::parts::Codec::wait_for(&p, part_size);
+        Ok(None)
+    }
+
     /// Cuts one part on a blocking thread.
-    async fn cut(&self, data: &Bytes, start: usize, part_size: u64) -> Result<Part> {
+    async fn cut(&self, data: &ChunkRecords, start: usize, part_size: u64) -> Result<Part> {
         let (codec, data) = (self.codec, data.clone());
         joined(tokio::task::spawn_blocking(move || codec.next_part(&data, start, part_size)).await)
+    }
+
+    /// The `s3_metadata` of chunk `wc`'s object at `key`.
+    fn object_metadata(&self, wc: &WriteChunk, key: &str) -> Result<Vec<(String, String)>> {
+        let values = &self.attributes.metadata;
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (m, id) = (&wc.chunk.metadata, &wc.chunk.id);
+        let index = self.key.index_of(key, m, id, &self.epoch());
+        values
+            .iter()
+            .map(|(k, v)| match self.key.metadata_value(v, m, id, index) {
+                Ok(v) => Ok((k.clone(), v)),
+                Err(crate::placeholder::PlaceholderError::Unrecoverable(e)) => {
+                    Err(Failure::Write(ChunkWriteError::unrecoverable(e)))
+                }
+            })
+            .collect()
     }
 
     async fn put(&self, wc: &WriteChunk, key: &str, body: Bytes) -> Result<()> {
         let conditional = self.check_object && self.conditional.load(Ordering::Relaxed);
         let len = body.len() as u64;
+        let metadata = self.object_metadata(wc, key)?;
         let mut req = object_attributes!(
             self.client()
                 .put_object()
@@ -314,7 +456,8 @@ impl Uploader {
                 .key(key)
                 .content_length(len as i64),
             self,
-            wc.chunk.id
+            wc.chunk.id,
+            &metadata
         )
         .body(ByteStream::from(body.clone()));
         if conditional {
@@ -348,13 +491,15 @@ impl Uploader {
     }
 
     async fn create(&self, wc: &WriteChunk, key: &str) -> Result<String> {
+        let metadata = self.object_metadata(wc, key)?;
         let out = object_attributes!(
             self.client()
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key),
             self,
-            wc.chunk.id
+            wc.chunk.id,
+            &metadata
         )
         .send()
         .await
@@ -636,6 +781,15 @@ impl Uploader {
         };
         e
     }
+}
+
+/// What one pass over a staged chunk did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Staged {
+    /// Parts uploaded.
+    pub parts: usize,
+    /// When the next part fell short: the records length to wait for before trying again.
+    pub wait_for: usize,
 }
 
 /// What a HEAD says of an object.
