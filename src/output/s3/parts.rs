@@ -84,12 +84,14 @@ impl Codec {
             });
         }
         let mut enc = Encoder::new(*self, part_size.min(len - start) + 64)?;
+        let mut window = Window::new(data, start);
         let mut pos = start;
         while pos < len && enc.out_len() < part_size {
             let want = (pos + BLOCK).min(len);
-            let window = data.read(pos..(want + BLOCK).min(len))?;
-            let end = pos + line_end(&window, want - pos, pos + window.len() == len);
-            enc.write(&window[..end - pos])?;
+            let to = (want + BLOCK).min(len);
+            let w = window.get(pos, to)?;
+            let end = pos + line_end(w, want - pos, to == len);
+            enc.write(&w[..end - pos])?;
             pos = end;
         }
         Ok(Part {
@@ -152,6 +154,46 @@ fn line_end(window: &[u8], at: usize, at_end: bool) -> usize {
         Some(i) => at + i + 1,
         None if at_end => window.len(),
         None => at,
+    }
+}
+
+/// The records a part is being cut from, read forward: a file chunk is read once, a block at a
+/// time (what the previous window read past the cut is kept for the next one); records in memory
+/// are not copied.
+struct Window<'a> {
+    data: &'a ChunkRecords,
+    /// Offset of `buf[0]` in the records.
+    base: usize,
+    buf: Vec<u8>,
+}
+
+impl<'a> Window<'a> {
+    fn new(data: &'a ChunkRecords, start: usize) -> Window<'a> {
+        Window {
+            data,
+            base: start,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Records `from..to`; `from` never goes back.
+    fn get(&mut self, from: usize, to: usize) -> std::io::Result<&[u8]> {
+        let f = match self.data {
+            ChunkRecords::Memory(b) => {
+                return b.get(from..to).ok_or_else(|| {
+                    std::io::Error::other(format!("records {from}..{to} beyond {}", b.len()))
+                })
+            }
+            ChunkRecords::File(f) => f,
+        };
+        let drop = (from - self.base).min(self.buf.len());
+        self.buf.drain(..drop);
+        self.base = from.max(self.base + drop);
+        let have = self.base + self.buf.len();
+        if to > have {
+            f.read_into(have as u64..to as u64, &mut self.buf)?;
+        }
+        Ok(&self.buf[from - self.base..to - self.base])
     }
 }
 
