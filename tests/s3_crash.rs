@@ -3,8 +3,8 @@
 //! 20 times, the seed is printed) and restarted on the same buffer. At the end every
 //! acknowledged event is in the bucket exactly once (events of batches the client re-sent
 //! after a lost ack may be there twice, counted apart), no multipart upload is left in
-//! progress, and every object is one chunk's, whole. A second run uses large chunks flushed
-//! only when full (or at the end), so that their parts are uploaded while they are staged
+//! progress, and every object is one chunk's, whole. A second run keeps everything in one
+//! chunk that is flushed only at the end, so that its parts are uploaded while it is staged
 //! (Fluent Bit's large-object model) and the kills land in the middle of those uploads.
 
 mod common;
@@ -25,9 +25,9 @@ fn s3_sigkill_at_random_moments_loses_and_duplicates_nothing() {
 
 #[test]
 fn s3_sigkill_during_uploads_of_staged_chunks() {
-    // Chunks of up to 256 MiB, flushed when full or at the end: their parts are uploaded
-    // while they are staged.
-    crash_run("s3-crash-staged", "256m", "1h", true);
+    // One chunk that never fills, flushed at the end: its parts are uploaded while it is
+    // staged, and every restart continues the same upload.
+    crash_run("s3-crash-staged", "4g", "1h", true);
 }
 
 fn crash_run(name: &str, chunk_limit: &str, flush_interval: &str, staged: bool) {

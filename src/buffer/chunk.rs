@@ -249,7 +249,7 @@ impl Chunk {
             let bytes = match &self.backing {
                 None => Bytes::from(std::mem::take(&mut self.data)),
                 Some(b) => {
-                    let mut out = read_records(&b.path)?.0;
+                    let mut out = read_records(&b.path)?;
                     out.extend_from_slice(&self.data);
                     Bytes::from(out)
                 }
@@ -268,7 +268,7 @@ impl Chunk {
             None => Ok(Bytes::copy_from_slice(&self.data[..self.committed_len])),
             Some(b) => {
                 let mut out = if b.file_len > 0 {
-                    read_records(&b.path)?.0
+                    read_records(&b.path)?
                 } else {
                     Vec::new()
                 };
@@ -297,30 +297,12 @@ pub fn write_delivery_frame(
     Ok((f, frame.len() as u64))
 }
 
-/// The records' bytes of a chunk file (intact frames only), their count, and the scan.
-pub fn read_records(path: &std::path::Path) -> std::io::Result<(Vec<u8>, u64, super::wal::Scan)> {
-    let mut data = std::fs::read(path)?;
-    let scan = super::wal::scan(&data);
-    // The records are moved down over the frame headers in place: reading a chunk needs one
-    // buffer of the file's size, not a second copy.
-    let mut w = 0usize;
-    let mut n = 0u64;
-    for f in &scan.frames {
-        if f.kind == super::wal::FrameKind::Records {
-            let start = f.payload_offset as usize;
-            let p = &data[start..start + f.len as usize];
-            if let Some((count, recs)) = super::wal::split_records(p) {
-                let from = start + (p.len() - recs.len());
-                let len = recs.len();
-                data.copy_within(from..from + len, w);
-                w += len;
-                n += count as u64;
-            }
-        }
-    }
-    data.truncate(w);
-    data.shrink_to_fit();
-    Ok((data, n, scan))
+/// The records' bytes of a chunk file's intact records frames.
+pub fn read_records(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let r = super::records::FileRecords::open(path, None)?;
+    let mut out = Vec::with_capacity(r.len() as usize);
+    r.read_into(0..r.len(), &mut out)?;
+    Ok(out)
 }
 
 /// Decompresses a chunk's stored bytes (concatenated gzip members or zstd frames), refusing to

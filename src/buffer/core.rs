@@ -1089,18 +1089,17 @@ impl Buffer {
     }
 }
 
-/// A file chunk's data for a flush worker: indexed for reads by range when its records are
-/// stored uncompressed and every frame is intact, else the intact frames' records read whole.
+/// A file chunk's data for a flush worker: its intact records frames indexed for reads by
+/// range when its records are stored uncompressed, else read whole (to be decompressed).
 fn read_flush_chunk(
     path: &std::path::Path,
     compress: Compress,
 ) -> std::io::Result<(Bytes, Option<FileRecords>)> {
+    let f = FileRecords::open(path, None)?;
     if compress == Compress::Text {
-        if let Some(f) = FileRecords::open(path, None)? {
-            return Ok((Bytes::new(), Some(f)));
-        }
+        return Ok((Bytes::new(), Some(f)));
     }
-    Ok((Bytes::from(super::chunk::read_records(path)?.0), None))
+    Ok((f.read_all()?, None))
 }
 
 /// What a flush worker gets of chunk `c`, with its bytes.

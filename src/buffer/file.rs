@@ -31,11 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::chunk::{read_records, Chunk, ChunkState, FileBacking};
+use super::chunk::{Chunk, ChunkState, FileBacking};
 use super::chunk_id::ChunkId;
 use super::config::Compress;
 use super::metadata::Metadata;
-use super::wal;
 use crate::msgpack;
 
 /// Writes `data` to `target` so that a crash leaves either the old file or the whole new one:
@@ -280,13 +279,27 @@ impl FileStore {
         }
         found.sort_by_key(|f| (f.3, f.1));
         for (state, id, path, mtime) in found {
-            let f = self.read_chunk_file(&path)?;
-            let (count, records_len) = (f.count, f.records_len);
-            let Some(h) = f.header.filter(|h| h.id == id) else {
+            let f = super::records::scan_file(&path, None)?;
+            for d in &f.damage {
+                self.damaged_frames.fetch_add(1, Ordering::Relaxed);
+                self.damaged_bytes
+                    .fetch_add(d.end - d.start, Ordering::Relaxed);
+                let lost = match f.records_claimed(d) {
+                    Some(n) => n.to_string(),
+                    None => "unknown".to_string(),
+                };
+                tracing::error!(
+                    path = %path.display(), start = d.start, end = d.end, records_lost = %lost,
+                    "damaged bytes in buffer chunk file cut out during resume (torn write or corruption); the rest of the chunk is kept"
+                );
+            }
+            let (count, records_len) = (f.records.count(), f.records.len());
+            let header = f.header.as_deref().and_then(decode_header);
+            let Some(h) = header.filter(|h| h.id == id) else {
                 tracing::error!(path = %path.display(), "found broken chunk file during resume: no readable metadata");
                 out.broken.push(BrokenChunk {
                     id,
-                    records: (f.records)()?,
+                    records: f.records.read_all()?,
                     path,
                     count,
                 });
@@ -297,7 +310,7 @@ impl FileStore {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let (end, file_len) = (f.end, f.file_len);
+            let (end, file_len) = (f.end, f.len);
             if state == 'b' && end < file_len {
                 // Appends continue after the last intact frame.
                 let f = std::fs::OpenOptions::new().write(true).open(&path)?;
@@ -339,83 +352,6 @@ impl FileStore {
             }
         }
         Ok(out)
-    }
-}
-
-/// What resume needs of one chunk file.
-struct ChunkFile {
-    header: Option<Header>,
-    count: u64,
-    records_len: u64,
-    deliveries: Vec<Bytes>,
-    /// Where the last intact frame ends.
-    end: u64,
-    file_len: u64,
-    /// The records, read whole (only for backing up a broken file).
-    records: Box<dyn FnOnce() -> std::io::Result<Bytes>>,
-}
-
-impl FileStore {
-    /// Reads one chunk file for resume. An intact file is walked a frame at a time (memory
-    /// independent of the chunk's size); a file with damage is read whole, its damaged ranges
-    /// are logged and counted, and every intact frame is kept.
-    fn read_chunk_file(&self, path: &Path) -> std::io::Result<ChunkFile> {
-        if let Some(sc) = super::records::scan_file(path, None)? {
-            let records = sc.records.clone();
-            return Ok(ChunkFile {
-                header: sc.header.as_deref().and_then(decode_header),
-                count: sc.records.count(),
-                records_len: sc.records.len(),
-                deliveries: sc.deliveries,
-                end: sc.end,
-                file_len: sc.end,
-                records: Box::new(move || records.read_all()),
-            });
-        }
-        let (records, count, scan) = read_records(path)?;
-        let data = std::fs::read(path)?;
-        for d in &scan.damage {
-            self.damaged_frames.fetch_add(1, Ordering::Relaxed);
-            self.damaged_bytes
-                .fetch_add(d.end - d.start, Ordering::Relaxed);
-            let lost = match wal::records_claimed(&data, d) {
-                Some(n) => n.to_string(),
-                None => "unknown".to_string(),
-            };
-            tracing::error!(
-                path = %path.display(), start = d.start, end = d.end, records_lost = %lost,
-                "damaged bytes in buffer chunk file cut out during resume (torn write or corruption); the rest of the chunk is kept"
-            );
-        }
-        let payload = |f: &wal::Frame| {
-            &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize]
-        };
-        let header = scan
-            .frames
-            .iter()
-            .find(|f| f.kind == wal::FrameKind::Header)
-            .and_then(|f| decode_header(payload(f)));
-        let deliveries = scan
-            .frames
-            .iter()
-            .filter(|f| f.kind == wal::FrameKind::Delivery)
-            .map(|f| Bytes::copy_from_slice(payload(f)))
-            .collect();
-        let end = scan
-            .frames
-            .last()
-            .map(|f| f.payload_offset + f.len as u64)
-            .unwrap_or(0);
-        let records_len = records.len() as u64;
-        Ok(ChunkFile {
-            header,
-            count,
-            records_len,
-            deliveries,
-            end,
-            file_len: data.len() as u64,
-            records: Box::new(move || Ok(Bytes::from(records))),
-        })
     }
 }
 
@@ -824,7 +760,7 @@ mod resume_tests {
             files.sort();
             let f = &files[victim.index(files.len())];
             let mut data = std::fs::read(f).unwrap();
-            let frames_before = wal::scan(&data).frames.len();
+            let frames_before = crate::buffer::wal::scan(&data).frames.len();
             data.truncate(cut.index(data.len() + 1));
             for (i, x) in &flips {
                 if !data.is_empty() {

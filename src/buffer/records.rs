@@ -7,9 +7,9 @@
 //! An output that cuts a large chunk into pieces (the s3 output's multipart parts) therefore
 //! holds one piece at a time, not the chunk.
 //!
-//! A file with a damaged frame is not indexed ([`FileRecords::open`] says `None`): the caller
-//! falls back to reading the intact frames whole, as resume does, which keeps every intact
-//! frame and skips only the damage.
+//! Damage is handled as [`super::wal::scan`] handles it: every intact frame is kept, a damaged
+//! range costs only itself, and the walk resynchronizes on the next frame magic whose frame
+//! checks out.
 
 use std::fs::File;
 use std::io;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::wal::{self, FrameKind, HEADER_LEN};
+use super::wal::{self, Damage, FrameKind, HEADER_LEN};
 
 /// Where one records frame's records lie.
 #[derive(Debug, Clone, Copy)]
@@ -44,25 +44,46 @@ pub struct FileRecords {
     end: u64,
 }
 
-/// What one pass over an intact chunk file found (see [`scan_file`]).
+/// What one pass over a chunk file found (see [`scan_file`]).
 #[derive(Debug)]
 pub struct FileScan {
-    /// The records, indexed.
+    /// The records of the intact records frames, indexed.
     pub records: FileRecords,
-    /// The header frame's payload.
+    /// The first intact header frame's payload.
     pub header: Option<Bytes>,
-    /// The delivery frames' payloads, in file order.
+    /// The intact delivery frames' payloads, in file order.
     pub deliveries: Vec<Bytes>,
-    /// Where the last frame ends.
+    /// Byte ranges holding no intact frame (a torn tail is the last one).
+    pub damage: Vec<Damage>,
+    /// Where the last intact frame ends.
     pub end: u64,
+    /// The bytes walked (the file's length, or `upto`).
+    pub len: u64,
 }
 
-/// Walks the frames of the chunk file at `path`, one frame in memory at a time, checking every
-/// checksum, up to `upto` bytes (all of it when `None`; a staged chunk's file grows while it is
-/// read, so its caller names the length it knows to be complete frames). `Ok(None)` when a
-/// frame is damaged or torn: the caller then reads the file whole with [`wal::scan`], which
-/// resynchronizes after damage.
-pub fn scan_file(path: &Path, upto: Option<u64>) -> io::Result<Option<FileScan>> {
+impl FileScan {
+    /// The record count a damaged range claims to hold (see [`wal::records_claimed`]).
+    pub fn records_claimed(&self, d: &Damage) -> Option<u32> {
+        let n = (d.end - d.start).min((HEADER_LEN + 4) as u64) as usize;
+        let mut head = vec![0u8; n];
+        self.records.file.read_exact_at(&mut head, d.start).ok()?;
+        wal::records_claimed(
+            &head,
+            &Damage {
+                start: 0,
+                end: n as u64,
+            },
+        )
+    }
+}
+
+/// Walks the frames of the chunk file at `path` up to `upto` bytes (all of it when `None`; a
+/// staged chunk's file grows while it is read, so its caller names the length it knows to be
+/// complete frames), with [`wal::scan`]'s rules: every checksum is checked, and after damage
+/// the walk resynchronizes on the next intact frame. Memory stays at a block plus the small
+/// frames' payloads (header, deliveries) whatever the file's size: records frames are checked
+/// block by block and only their place is kept.
+pub fn scan_file(path: &Path, upto: Option<u64>) -> io::Result<FileScan> {
     let file = File::open(path)?;
     let upto = match upto {
         Some(n) => n,
@@ -76,78 +97,150 @@ pub fn scan_file(path: &Path, upto: Option<u64>) -> io::Result<Option<FileScan>>
         end: 0,
     };
     let (mut header, mut deliveries) = (None, Vec::new());
-    let intact = records.scan_to(upto, |kind, payload| match kind {
+    let damage = records.scan_to(upto, |kind, payload| match kind {
         FrameKind::Header => {
             header.get_or_insert_with(|| Bytes::copy_from_slice(payload));
         }
         FrameKind::Delivery => deliveries.push(Bytes::copy_from_slice(payload)),
         FrameKind::Records => {}
     })?;
-    Ok(intact.then(|| FileScan {
-        end: records.end,
+    let end = records.end;
+    Ok(FileScan {
         records,
         header,
         deliveries,
-    }))
+        damage,
+        end,
+        len: upto,
+    })
 }
 
+/// Bytes read at a time when checking a records frame or looking for the next frame.
+const BLOCK: usize = 64 << 10;
+
 impl FileRecords {
-    /// Indexes the records of the chunk file at `path` (see [`scan_file`]).
-    pub fn open(path: &Path, upto: Option<u64>) -> io::Result<Option<FileRecords>> {
-        Ok(scan_file(path, upto)?.map(|s| s.records))
+    /// Indexes the intact records frames of the chunk file at `path` (see [`scan_file`]).
+    pub fn open(path: &Path, upto: Option<u64>) -> io::Result<FileRecords> {
+        Ok(scan_file(path, upto)?.records)
     }
 
     /// The same file indexed further, up to `upto` bytes: a staged chunk's file only grows, so
-    /// what was indexed before is not read again. `Ok(None)` when a new frame is damaged.
-    pub fn extend(&self, upto: u64) -> io::Result<Option<FileRecords>> {
+    /// what was indexed before is not read again.
+    pub fn extend(&self, upto: u64) -> io::Result<FileRecords> {
         let mut more = self.clone();
-        Ok(more.scan_to(upto, |_, _| {})?.then_some(more))
+        more.scan_to(upto, |_, _| {})?;
+        Ok(more)
     }
 
-    /// Walks the frames from `self.end` to `upto`, indexing records frames and handing the
-    /// others to `other`. False when a frame is damaged or torn.
-    fn scan_to(&mut self, upto: u64, mut other: impl FnMut(FrameKind, &[u8])) -> io::Result<bool> {
+    /// Walks the frames from `self.end` to `upto`, indexing intact records frames and handing
+    /// the other intact frames to `other`; returns the damaged ranges. `self.end` becomes the
+    /// end of the last intact frame.
+    fn scan_to(
+        &mut self,
+        upto: u64,
+        mut other: impl FnMut(FrameKind, &[u8]),
+    ) -> io::Result<Vec<Damage>> {
         let mut pieces = self.pieces.to_vec();
-        let mut head = [0u8; HEADER_LEN];
-        let mut payload = Vec::new();
-        while self.end < upto {
-            let at = self.end;
-            if upto - at < HEADER_LEN as u64 {
-                return Ok(false);
-            }
-            self.file.read_exact_at(&mut head, at)?;
-            let Some((kind, plen, crc)) = wal::parse_header(&head) else {
-                return Ok(false);
-            };
-            let payload_at = at + HEADER_LEN as u64;
-            if payload_at + plen as u64 > upto {
-                return Ok(false);
-            }
-            payload.resize(plen as usize, 0);
-            self.file.read_exact_at(&mut payload, payload_at)?;
-            if !wal::verify(kind, crc, &payload) {
-                return Ok(false);
-            }
-            if kind == FrameKind::Records {
-                if let Some((n, recs)) = wal::split_records(&payload) {
-                    let skip = (payload.len() - recs.len()) as u64;
-                    if !recs.is_empty() {
-                        pieces.push(Piece {
-                            at: self.len,
-                            offset: payload_at + skip,
-                            len: recs.len() as u64,
-                        });
+        let mut damage = Vec::new();
+        let mut damage_start: Option<u64> = None;
+        let mut block = Vec::new();
+        let mut at = self.end;
+        while at < upto {
+            match self.frame_at(at, upto, &mut block)? {
+                Some((kind, payload_at, plen)) => {
+                    if let Some(start) = damage_start.take() {
+                        damage.push(Damage { start, end: at });
                     }
-                    self.len += recs.len() as u64;
-                    self.count += n as u64;
+                    if kind == FrameKind::Records {
+                        if let Some(n) = records_count(&self.file, payload_at, plen)? {
+                            let recs = plen as u64 - 4;
+                            if recs > 0 {
+                                pieces.push(Piece {
+                                    at: self.len,
+                                    offset: payload_at + 4,
+                                    len: recs,
+                                });
+                            }
+                            self.len += recs;
+                            self.count += n as u64;
+                        }
+                    } else {
+                        other(kind, &block);
+                    }
+                    at = payload_at + plen as u64;
+                    self.end = at;
                 }
-            } else {
-                other(kind, &payload);
+                None => {
+                    damage_start.get_or_insert(at);
+                    at = self.next_magic(at + 1, upto, &mut block)?;
+                }
             }
-            self.end = payload_at + plen as u64;
+        }
+        if let Some(start) = damage_start {
+            damage.push(Damage { start, end: upto });
         }
         self.pieces = pieces.into();
-        Ok(true)
+        Ok(damage)
+    }
+
+    /// The intact frame at `at` (kind, payload offset, payload length), if one starts there and
+    /// ends by `upto`. The payload of a frame that is not a records frame is left in `block`.
+    fn frame_at(
+        &self,
+        at: u64,
+        upto: u64,
+        block: &mut Vec<u8>,
+    ) -> io::Result<Option<(FrameKind, u64, u32)>> {
+        if upto - at < HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_LEN];
+        self.file.read_exact_at(&mut head, at)?;
+        let Some((kind, plen, crc)) = wal::parse_header(&head) else {
+            return Ok(None);
+        };
+        let payload_at = at + HEADER_LEN as u64;
+        if payload_at + plen as u64 > upto {
+            return Ok(None);
+        }
+        // The checksum is checked a block at a time; only then is a (small) header or delivery
+        // payload read whole, so a damaged length field costs no memory.
+        let mut sum = wal::checksum_start(kind, plen);
+        let mut done = 0u64;
+        while done < plen as u64 {
+            let n = (plen as u64 - done).min(BLOCK as u64) as usize;
+            block.resize(n, 0);
+            self.file.read_exact_at(block, payload_at + done)?;
+            sum = crc32c::crc32c_append(sum, block);
+            done += n as u64;
+        }
+        if sum != crc {
+            return Ok(None);
+        }
+        if kind != FrameKind::Records {
+            block.resize(plen as usize, 0);
+            self.file.read_exact_at(block, payload_at)?;
+        }
+        Ok(Some((kind, payload_at, plen)))
+    }
+
+    /// The offset of the next frame magic at or after `from`, or `upto` when there is none.
+    fn next_magic(&self, from: u64, upto: u64, block: &mut Vec<u8>) -> io::Result<u64> {
+        let mut at = from;
+        while at < upto {
+            let n = (upto - at).min(BLOCK as u64) as usize;
+            block.resize(n, 0);
+            self.file.read_exact_at(block, at)?;
+            if let Some(i) = block.windows(4).position(|w| w == wal::MAGIC) {
+                return Ok(at + i as u64);
+            }
+            if at + n as u64 >= upto {
+                break;
+            }
+            // Overlap by three bytes: a magic may straddle two blocks.
+            at += n as u64 - 3;
+        }
+        Ok(upto)
     }
 
     /// Bytes of records.
@@ -205,6 +298,17 @@ impl FileRecords {
     pub fn read_all(&self) -> io::Result<Bytes> {
         self.read(0..self.len)
     }
+}
+
+/// The record count at the start of an intact records frame's payload (None when the payload
+/// is too short to hold one).
+fn records_count(file: &File, payload_at: u64, plen: u32) -> io::Result<Option<u32>> {
+    if plen < 4 {
+        return Ok(None);
+    }
+    let mut n = [0u8; 4];
+    file.read_exact_at(&mut n, payload_at)?;
+    Ok(Some(u32::from_be_bytes(n)))
 }
 
 /// A chunk's records for a writer that reads them piece by piece: in memory already (memory
@@ -283,7 +387,7 @@ mod tests {
             let d = tempfile::tempdir().unwrap();
             let path = write_file(d.path(), &payloads);
             let all: Vec<u8> = payloads.concat();
-            let r = FileRecords::open(&path, None).unwrap().expect("intact file");
+            let r = FileRecords::open(&path, None).unwrap();
             prop_assert_eq!(r.len(), all.len() as u64);
             prop_assert_eq!(r.count(), payloads.len() as u64);
             let (x, y) = (a.index(all.len() + 1), b.index(all.len() + 1));
@@ -293,34 +397,85 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Any truncation or byte flips: the frame-at-a-time walk finds what the whole-file
+        /// scan finds (the same records, deliveries and damaged ranges), with payloads larger
+        /// than a block among them.
+        #[test]
+        fn the_walk_agrees_with_the_whole_file_scan(
+            payloads in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    (1usize..3).prop_map(|k| vec![b'x'; k * BLOCK + 17]),
+                ],
+                1..6,
+            ),
+            cut in any::<prop::sample::Index>(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..4),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let path = write_file(d.path(), &payloads);
+            let mut data = std::fs::read(&path).unwrap();
+            data.truncate(cut.index(data.len() + 1));
+            for (i, x) in &flips {
+                if !data.is_empty() {
+                    let k = i.index(data.len());
+                    data[k] ^= x;
+                }
+            }
+            std::fs::write(&path, &data).unwrap();
+            let whole = wal::scan(&data);
+            let payload = |f: &wal::Frame| &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize];
+            let mut records = Vec::new();
+            let mut deliveries = Vec::new();
+            for f in &whole.frames {
+                match f.kind {
+                    FrameKind::Records => {
+                        if let Some((_, r)) = wal::split_records(payload(f)) {
+                            records.extend_from_slice(r);
+                        }
+                    }
+                    FrameKind::Delivery => deliveries.push(payload(f).to_vec()),
+                    FrameKind::Header => {}
+                }
+            }
+            let walked = scan_file(&path, None).unwrap();
+            prop_assert_eq!(&walked.damage, &whole.damage);
+            prop_assert_eq!(&walked.records.read_all().unwrap()[..], &records[..]);
+            let got: Vec<Vec<u8>> = walked.deliveries.iter().map(|b| b.to_vec()).collect();
+            prop_assert_eq!(got, deliveries);
+            let end = whole.frames.last().map_or(0, |f| f.payload_offset + f.len as u64);
+            prop_assert_eq!(walked.end, end);
+        }
+    }
+
     #[test]
-    fn damage_and_torn_tails_are_not_indexed_but_a_known_length_is() {
+    fn torn_tails_grown_files_and_ranges() {
         let d = tempfile::tempdir().unwrap();
         let path = write_file(d.path(), &[b"one\n".to_vec(), b"two\n".to_vec()]);
         let full = std::fs::read(&path).unwrap();
-        // A frame being appended (torn tail): indexing up to the last complete frame works.
+        // A frame being appended (torn tail): the intact frames are kept, the tail is damage.
         let mut torn = full.clone();
         torn.extend_from_slice(&full[..10]);
         std::fs::write(&path, &torn).unwrap();
-        assert!(FileRecords::open(&path, None).unwrap().is_none());
-        let r = FileRecords::open(&path, Some(full.len() as u64))
-            .unwrap()
-            .unwrap();
-        assert_eq!(&r.read_all().unwrap()[..], b"one\ntwo\n");
-        // A flipped byte in a payload.
-        let mut bad = full.clone();
-        let n = bad.len();
-        bad[n - 2] ^= 0x55;
-        std::fs::write(&path, &bad).unwrap();
-        assert!(FileRecords::open(&path, None).unwrap().is_none());
+        let s = scan_file(&path, None).unwrap();
+        assert_eq!(&s.records.read_all().unwrap()[..], b"one\ntwo\n");
+        assert_eq!(
+            s.damage,
+            vec![Damage {
+                start: full.len() as u64,
+                end: torn.len() as u64
+            }]
+        );
+        assert_eq!((s.end, s.len), (full.len() as u64, torn.len() as u64));
+        let r = FileRecords::open(&path, Some(full.len() as u64)).unwrap();
         // A growing file is indexed further from where the last index stopped.
         let mut grown = full.clone();
         wal::encode_records(2, b"three\nfour\n", &mut grown);
         std::fs::write(&path, &grown).unwrap();
-        let more = r.extend(grown.len() as u64).unwrap().unwrap();
+        let more = r.extend(grown.len() as u64).unwrap();
         assert_eq!(&more.read_all().unwrap()[..], b"one\ntwo\nthree\nfour\n");
         assert_eq!((more.count(), r.count()), (4, 2));
-        assert!(r.extend(grown.len() as u64 + 5).unwrap().is_none());
         // Out-of-range reads are errors, not panics.
         assert!(r.read(3..100).is_err());
         assert!(ChunkRecords::Memory(Bytes::from_static(b"abc"))

@@ -56,24 +56,9 @@ pub fn chunks(path: &str) -> std::io::Result<Vec<ChunkInfo>> {
         let Some((state, _)) = layout.parse_name(&name) else {
             continue;
         };
-        let data = std::fs::read(entry.path())?;
-        let scan = wal::scan(&data);
-        let mut bytes = 0u64;
-        let mut records = 0u64;
-        let mut header = None;
-        for f in &scan.frames {
-            let p = &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize];
-            match f.kind {
-                wal::FrameKind::Header => header = decode_header(p),
-                wal::FrameKind::Records => {
-                    if let Some((n, r)) = wal::split_records(p) {
-                        records += n as u64;
-                        bytes += r.len() as u64;
-                    }
-                }
-                wal::FrameKind::Delivery => {}
-            }
-        }
+        let scan = super::records::scan_file(&entry.path(), None)?;
+        let header = scan.header.as_deref().and_then(decode_header);
+        let (bytes, records) = (scan.records.len(), scan.records.count());
         let age = entry
             .metadata()
             .and_then(|m| m.modified())
@@ -161,17 +146,9 @@ pub fn cat(path: &str, id: &str) -> std::io::Result<Vec<u8>> {
         .ok_or_else(|| {
             std::io::Error::other(format!("no chunk {id} in {}", layout.dir.display()))
         })?;
-    let (records, _, scan) = super::chunk::read_records(&file)?;
-    let data = std::fs::read(&file)?;
-    let header = scan
-        .frames
-        .iter()
-        .find(|f| f.kind == wal::FrameKind::Header)
-        .and_then(|f| {
-            decode_header(
-                &data[f.payload_offset as usize..(f.payload_offset + f.len as u64) as usize],
-            )
-        });
+    let scan = super::records::scan_file(&file, None)?;
+    let header = scan.header.as_deref().and_then(decode_header);
+    let records = scan.records.read_all()?;
     let compress = header.as_ref().map_or(Compress::Text, |h| h.compress);
     let plain = decompress(&records, compress, u64::MAX / 2)?;
     if header.as_ref().is_some_and(|h| h.formatted) {

@@ -13,7 +13,9 @@
 //! by the records' bytes as the chunk holds them (formatted records, MessagePack entries, or a
 //! gzip member / zstd frame).
 //!
-//! Recovery ([`scan`]) reads frames in order and keeps every frame whose checksum holds. A torn
+//! Recovery reads frames in order and keeps every frame whose checksum holds ([`scan`] over
+//! bytes in memory; [`super::records::scan_file`] walks a file with the same rules without
+//! reading it whole). A torn
 //! tail (the process died mid-write) or damaged bytes are reported as a [`Damage`] with their
 //! byte range; after damage the scan looks for the next magic whose frame checks out, so one bad
 //! frame costs only itself and the rest of the chunk is kept.
@@ -125,6 +127,12 @@ pub fn parse_header(h: &[u8]) -> Option<(FrameKind, u32, u32)> {
     }
     let crc = u32::from_be_bytes([h[9], h[10], h[11], h[12]]);
     Some((kind, len, crc))
+}
+
+/// The checksum of a frame of this kind and payload length before any payload byte: feed the
+/// payload to `crc32c::crc32c_append` piece by piece to check a frame without holding it.
+pub fn checksum_start(kind: FrameKind, len: u32) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&[kind.byte()]), &len.to_be_bytes())
 }
 
 /// Whether `payload` is what a frame of this kind and checksum holds.

@@ -622,8 +622,7 @@ impl Uploader {
         .await
         .map_err(|e| format!("indexing task failed: {e}"))?;
         let file = match indexed {
-            Ok(Some(f)) => f,
-            Ok(None) => return Err("its file has a damaged frame".into()),
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(upload::Staged::default())
             }

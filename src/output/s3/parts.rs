@@ -377,11 +377,8 @@ mod tests {
         }
         let path = d.path().join("c");
         std::fs::write(&path, &file).unwrap();
-        let on_disk = ChunkRecords::File(
-            crate::buffer::records::FileRecords::open(&path, None)
-                .unwrap()
-                .unwrap(),
-        );
+        let on_disk =
+            ChunkRecords::File(crate::buffer::records::FileRecords::open(&path, None).unwrap());
         let in_memory = all_parts(Codec::Gzip(6), &data, 200 << 10);
         let mut start = 0;
         for p in &in_memory {
