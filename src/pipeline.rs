@@ -212,6 +212,15 @@ impl Pipeline {
                 return Err(e);
             }
         }
+        // Every input binds before any runs: a port in use stops start-up, as in Fluentd.
+        for (input, _) in &self.inputs {
+            if let Err(e) = input.bind().await {
+                for started in &self.outputs {
+                    started.shutdown().await;
+                }
+                return Err(e);
+            }
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for (input, label) in &self.inputs {

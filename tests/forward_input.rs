@@ -559,3 +559,28 @@ fn tls_transport() {
     );
     assert!(s.stderr_contains("TLS handshake failed"));
 }
+
+/// A port already in use stops start-up with exit code 1 and a message naming the input and
+/// the address, as Fluentd fails to start (the forward, http and prometheus inputs alike).
+#[test]
+fn a_port_in_use_stops_start_up() {
+    let d = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for kind in ["forward", "http", "prometheus"] {
+        let conf = common::write(
+            d.path(),
+            &format!("{kind}.conf"),
+            &format!(
+                "<source>\n  @type {kind}\n  bind 127.0.0.1\n  port {port}\n</source>\n<match **>\n  @type null\n</match>\n"
+            ),
+        );
+        let mut daemon = common::Daemon::start(&conf, &[]);
+        let code = daemon.exit_code_within(Duration::from_secs(10));
+        let stderr = daemon.stderr();
+        assert_eq!(code, Some(1), "{kind}: exit code\n{stderr}");
+        let want = format!("{kind} input cannot listen on 127.0.0.1:{port}");
+        assert!(stderr.contains(&want), "{kind}: no {want:?} in\n{stderr}");
+    }
+    drop(taken);
+}

@@ -114,8 +114,45 @@ pub(crate) async fn serve_tcp<F, Fut>(
 
 /// An input plugin instance.
 pub trait Input: Send + Sync + std::fmt::Debug {
-    /// Runs the input until shutdown.
+    /// Binds what the input listens on, before any input runs. An error stops sluice's
+    /// start-up, as Fluentd's does (a port in use, a socket path that cannot be created). The
+    /// default has nothing to bind.
+    fn bind(&self) -> crate::output::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Runs the input until shutdown (binding first if [`Input::bind`] was not called).
     fn run(self: Arc<Self>, ctx: InputContext) -> crate::output::BoxFuture<'static, ()>;
+}
+
+/// What [`Input::bind`] bound, kept until [`Input::run`] takes it.
+#[derive(Debug)]
+pub struct Bound<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Default for Bound<T> {
+    fn default() -> Self {
+        Bound(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T> Bound<T> {
+    /// Keeps a bound listener.
+    pub fn put(&self, t: T) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    }
+
+    /// The listener [`Input::bind`] bound, or a new one from `listen`.
+    pub async fn take_or<F, Fut>(&self, listen: F) -> std::io::Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<T>>,
+    {
+        let bound = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match bound {
+            Some(t) => Ok(t),
+            None => listen().await,
+        }
+    }
 }
 
 /// Input types this build knows (`dummy` is the old name of `sample`; the two monitors are

@@ -20,8 +20,8 @@
 //! `prometheus_monitor`) sources have nothing left to do: they are accepted, their `interval`
 //! and `<labels>` read, and they run nothing ([`Monitor`]). Their `<labels>` are not added.
 //!
-//! Other paths are answered 404, other methods 405. A port that cannot be bound is logged as an
-//! error; sluice keeps running without the endpoint (an input cannot fail start-up).
+//! Other paths are answered 404, other methods 405. A port that cannot be bound stops
+//! start-up, as it stops Fluentd's.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -64,6 +64,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `prometheus` input: the metrics endpoint.
 #[derive(Debug)]
 pub struct Prometheus {
+    /// The listener, from bind to run.
+    bound: super::Bound<tokio::net::TcpListener>,
     bind: String,
     port: u16,
     metrics_path: String,
@@ -98,6 +100,7 @@ impl Prometheus {
             })?,
         };
         Ok(Prometheus {
+            bound: super::Bound::default(),
             bind: section.string("bind").unwrap_or_else(|| "0.0.0.0".into()),
             port,
             metrics_path: path_param(section, "metrics_path", DEFAULT_METRICS_PATH)?,
@@ -193,13 +196,26 @@ fn plain(status: StatusCode, body: &'static str) -> Resp {
 }
 
 impl Input for Prometheus {
+    fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let l = self.listen().await.map_err(|e| {
+                format!(
+                    "prometheus input cannot listen on {}:{}: {e}",
+                    self.bind, self.port
+                )
+            })?;
+            self.bound.put(l);
+            Ok(())
+        })
+    }
+
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let listener = match self.listen().await {
+            let listener = match self.bound.take_or(|| self.listen()).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(input = "prometheus", bind = %self.bind, port = self.port, error = %e,
-                        "cannot listen: the metrics endpoint is NOT available (sluice keeps running without it)");
+                        "cannot listen: the metrics endpoint is NOT available");
                     return;
                 }
             };

@@ -29,6 +29,8 @@ pub const DEFAULT_SOCKET_PATH: &str = "/var/run/fluent/fluent.sock";
 /// The unix input.
 #[derive(Debug)]
 pub struct Unix {
+    /// The listener, from bind to run.
+    bound: super::Bound<tokio::net::UnixListener>,
     path: PathBuf,
     backlog: i32,
     max_connections: usize,
@@ -66,6 +68,7 @@ impl Unix {
         };
         let settings = Settings::configure(section)?;
         Ok(Unix {
+            bound: super::Bound::default(),
             path: PathBuf::from(path),
             backlog,
             max_connections,
@@ -91,9 +94,19 @@ impl Unix {
 }
 
 impl Input for Unix {
+    fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let l = self
+                .listen()
+                .map_err(|e| format!("unix input cannot listen on {}: {e}", self.path.display()))?;
+            self.bound.put(l);
+            Ok(())
+        })
+    }
+
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let listener = match self.listen() {
+            let listener = match self.bound.take_or(|| async { self.listen() }).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(input = "unix", path = %self.path.display(), error = %e, "cannot listen");

@@ -406,6 +406,23 @@ impl Daemon {
         assert!(ok, "kill -{name} failed");
     }
 
+    /// Waits up to `timeout` for the process to exit on its own: its exit code, or None if it
+    /// is still running.
+    pub fn exit_code_within(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let child = &mut self.child;
+        let mut code = None;
+        wait_until(timeout, || match child.try_wait() {
+            Ok(Some(status)) => {
+                code = status.code();
+                true
+            }
+            _ => false,
+        });
+        // Let the reader thread take the last lines.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        code
+    }
+
     /// SIGTERM, then waits (up to 10 s) for the exit; returns the exit code and stderr.
     pub fn stop(mut self) -> (Option<i32>, String) {
         self.signal("TERM");

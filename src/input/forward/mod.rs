@@ -87,6 +87,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// The forward input.
 #[derive(Debug)]
 pub struct Forward {
+    /// The TCP listener and UDP heartbeat socket, from bind to run.
+    bound: super::Bound<(tokio::net::TcpListener, Option<UdpSocket>)>,
     bind: String,
     port: u16,
     backlog: u32,
@@ -189,6 +191,7 @@ impl Forward {
             }
         }
         Ok(Forward {
+            bound: super::Bound::default(),
             bind,
             port,
             backlog,
@@ -309,9 +312,22 @@ impl Connections {
 }
 
 impl Input for Forward {
+    fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let l = self.listen().await.map_err(|e| {
+                format!(
+                    "forward input cannot listen on {}:{}: {e}",
+                    self.bind, self.port
+                )
+            })?;
+            self.bound.put(l);
+            Ok(())
+        })
+    }
+
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let (listener, udp) = match self.listen().await {
+            let (listener, udp) = match self.bound.take_or(|| self.listen()).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(input = "forward", bind = %self.bind, port = self.port, error = %e, "cannot listen");

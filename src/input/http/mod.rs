@@ -127,6 +127,8 @@ pub enum Success {
 /// The http input.
 #[derive(Debug)]
 pub struct Http {
+    /// The listener, from bind to run.
+    bound: super::Bound<tokio::net::TcpListener>,
     bind: String,
     port: u16,
     backlog: u32,
@@ -353,6 +355,7 @@ impl Http {
             }
         }
         Ok(Http {
+            bound: super::Bound::default(),
             bind,
             port,
             backlog,
@@ -787,9 +790,22 @@ impl Server {
 }
 
 impl Input for Http {
+    fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let l = self.listen().await.map_err(|e| {
+                format!(
+                    "http input cannot listen on {}:{}: {e}",
+                    self.bind, self.port
+                )
+            })?;
+            self.bound.put(l);
+            Ok(())
+        })
+    }
+
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let listener = match self.listen().await {
+            let listener = match self.bound.take_or(|| self.listen()).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!(input = "http", bind = %self.bind, port = self.port, error = %e, "cannot listen");
