@@ -37,7 +37,7 @@ use super::chunk_id::ChunkId;
 use super::config::{BufferConfig, Compress, FlushMode};
 use super::file::FileStore;
 use super::metadata::Metadata;
-use super::records::FileRecords;
+use super::records::{ChunkRecords, FileRecords};
 use crate::time::Clock;
 
 /// The records of one metadata that one write appends: their bytes back to back, and where
@@ -127,11 +127,10 @@ pub struct FlushChunk {
     pub id: ChunkId,
     /// Its metadata.
     pub metadata: Metadata,
-    /// Its bytes as stored (compressed when the buffer compresses); empty when `file` is set.
-    pub bytes: Bytes,
-    /// The chunk file's records, read by range on demand: set for uncompressed file-buffer
-    /// chunks, so a flush worker never has to hold a whole chunk in memory.
-    pub file: Option<FileRecords>,
+    /// Its bytes as stored (compressed when the buffer compresses): in memory for memory
+    /// buffers, else left in the chunk file and read by range on demand, so that a flush
+    /// worker never has to hold a whole chunk.
+    pub stored: ChunkRecords,
     /// Its record count.
     pub records: u64,
     /// Creation time.
@@ -142,16 +141,6 @@ pub struct FlushChunk {
     /// or a failed attempt), oldest first: an output that can check its destination uses them to
     /// write exactly once, and to resume where it stopped.
     pub deliveries: Vec<Bytes>,
-}
-
-impl FlushChunk {
-    /// Its bytes as stored, read from the chunk file when they were left there.
-    pub fn stored(&self) -> std::io::Result<Bytes> {
-        match &self.file {
-            Some(f) => f.read_all(),
-            None => Ok(self.bytes.clone()),
-        }
-    }
 }
 
 /// A staged chunk's file as far as it is written (see [`Buffer::staged_files`]).
@@ -908,17 +897,23 @@ impl Buffer {
                         continue;
                     }
                 };
-                let fc = flush_chunk(&c, bytes);
+                let fc = flush_chunk(&c, ChunkRecords::Memory(bytes));
                 st.in_flight.insert(c.id, c);
                 return Some(fc);
             };
-            // A file chunk is read without holding the buffer lock, so emits go on meanwhile.
-            let fc = flush_chunk(&c, Bytes::new());
-            let (id, compress) = (c.id, c.compress);
+            // A file chunk is indexed (its frames walked, not kept) without holding the buffer
+            // lock, so emits go on meanwhile.
+            let fc = flush_chunk(&c, ChunkRecords::Memory(Bytes::new()));
+            let id = c.id;
             st.in_flight.insert(id, c);
             drop(st);
-            match read_flush_chunk(&path, compress) {
-                Ok((bytes, file)) => return Some(FlushChunk { bytes, file, ..fc }),
+            match FileRecords::open(&path, None) {
+                Ok(f) => {
+                    return Some(FlushChunk {
+                        stored: ChunkRecords::File(f),
+                        ..fc
+                    })
+                }
                 Err(e) => {
                     let mut st = self.lock();
                     if let Some(c) = st.in_flight.remove(&id) {
@@ -1089,26 +1084,12 @@ impl Buffer {
     }
 }
 
-/// A file chunk's data for a flush worker: its intact records frames indexed for reads by
-/// range when its records are stored uncompressed, else read whole (to be decompressed).
-fn read_flush_chunk(
-    path: &std::path::Path,
-    compress: Compress,
-) -> std::io::Result<(Bytes, Option<FileRecords>)> {
-    let f = FileRecords::open(path, None)?;
-    if compress == Compress::Text {
-        return Ok((Bytes::new(), Some(f)));
-    }
-    Ok((f.read_all()?, None))
-}
-
 /// What a flush worker gets of chunk `c`, with its bytes.
-fn flush_chunk(c: &Chunk, bytes: Bytes) -> FlushChunk {
+fn flush_chunk(c: &Chunk, stored: ChunkRecords) -> FlushChunk {
     FlushChunk {
         id: c.id,
         metadata: c.metadata.clone(),
-        bytes,
-        file: None,
+        stored,
         records: c.records(),
         created: c.created,
         compress: c.compress,
@@ -1350,7 +1331,7 @@ mod tests {
         }
         b.enqueue_all();
         let first = b.dequeue().unwrap();
-        assert_eq!(first.bytes.as_ref(), lines(&[1, 2]).as_slice());
+        assert_eq!(first.stored.read_all().unwrap(), lines(&[1, 2]));
         assert!(b.takeback(first.id));
         let again = b.dequeue().unwrap();
         assert_eq!(again.id, first.id);
@@ -1433,10 +1414,11 @@ mod tests {
             b.enqueue_all();
             let mut got: HashMap<u8, Vec<Vec<u8>>> = HashMap::new();
             while let Some(c) = b.dequeue() {
-                prop_assert!(c.bytes.len() as u64 <= limit);
+                let bytes = c.stored.read_all().unwrap();
+                prop_assert!(bytes.len() as u64 <= limit);
                 if let Some(rl) = rec_limit { prop_assert!(c.records <= rl); }
                 let k: u8 = c.metadata.tag.as_deref().unwrap().parse().unwrap();
-                let recs: Vec<Vec<u8>> = c.bytes.split_inclusive(|b| *b == b'\n').map(|s| s.to_vec()).collect();
+                let recs: Vec<Vec<u8>> = bytes.split_inclusive(|b| *b == b'\n').map(|s| s.to_vec()).collect();
                 prop_assert_eq!(recs.len() as u64, c.records);
                 got.entry(k).or_default().extend(recs);
                 b.purge(c.id);

@@ -626,7 +626,8 @@ mod resume_tests {
         let mut out = Vec::new();
         while let Some(c) = b.dequeue() {
             for line in c
-                .stored()
+                .stored
+                .read_all()
                 .unwrap()
                 .split(|x| *x == b'\n')
                 .filter(|l| !l.is_empty())

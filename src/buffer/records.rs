@@ -335,6 +335,14 @@ impl ChunkRecords {
         self.len() == 0
     }
 
+    /// All the bytes (no copy for records in memory).
+    pub fn read_all(&self) -> io::Result<Bytes> {
+        match self {
+            ChunkRecords::Memory(b) => Ok(b.clone()),
+            ChunkRecords::File(f) => f.read_all(),
+        }
+    }
+
     /// Bytes `range` (no copy for records in memory).
     pub fn read(&self, range: Range<usize>) -> io::Result<Bytes> {
         match self {

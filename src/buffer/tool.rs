@@ -376,7 +376,7 @@ mod tests {
         let (b, _) = Buffer::open_file(limits(), false, FakeClock::at(1000), store).unwrap();
         let c = b.dequeue().unwrap();
         assert_eq!(
-            (c.id, c.records, c.stored().unwrap()),
+            (c.id, c.records, c.stored.read_all().unwrap()),
             (bid, 2, Bytes::from_static(b"line 1\nline 2\n"))
         );
     }

@@ -136,9 +136,16 @@ impl<T> Default for Bound<T> {
 }
 
 impl<T> Bound<T> {
-    /// Keeps a bound listener.
-    pub fn put(&self, t: T) {
+    /// Binds with `listen` and keeps the listener for [`Bound::take_or`]; a failure is the
+    /// start-up error `<what>: <error>`.
+    pub async fn bind<F, Fut>(&self, what: String, listen: F) -> Result<(), String>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<T>>,
+    {
+        let t = listen().await.map_err(|e| format!("{what}: {e}"))?;
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        Ok(())
     }
 
     /// The listener [`Input::bind`] bound, or a new one from `listen`.

@@ -197,16 +197,11 @@ fn plain(status: StatusCode, body: &'static str) -> Resp {
 
 impl Input for Prometheus {
     fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let l = self.listen().await.map_err(|e| {
-                format!(
-                    "prometheus input cannot listen on {}:{}: {e}",
-                    self.bind, self.port
-                )
-            })?;
-            self.bound.put(l);
-            Ok(())
-        })
+        let what = format!(
+            "prometheus input cannot listen on {}:{}",
+            self.bind, self.port
+        );
+        Box::pin(self.bound.bind(what, || self.listen()))
     }
 
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {

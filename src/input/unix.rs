@@ -95,13 +95,8 @@ impl Unix {
 
 impl Input for Unix {
     fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let l = self
-                .listen()
-                .map_err(|e| format!("unix input cannot listen on {}: {e}", self.path.display()))?;
-            self.bound.put(l);
-            Ok(())
-        })
+        let what = format!("unix input cannot listen on {}", self.path.display());
+        Box::pin(self.bound.bind(what, || async { self.listen() }))
     }
 
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {

@@ -134,7 +134,7 @@ impl WriteChunk {
 
     /// The chunk's records' bytes, decompressed.
     pub fn data(&self) -> std::io::Result<Bytes> {
-        let stored = self.chunk.stored()?;
+        let stored = self.chunk.stored.read_all()?;
         match self.compress {
             Compress::Text => Ok(stored),
             c => decompress(&stored, c, self.decompression_limit).map(Bytes::from),
@@ -144,9 +144,9 @@ impl WriteChunk {
     /// The chunk's records for a writer that reads them range by range: a file chunk stays on
     /// disk (memory independent of the chunk's size); a compressed chunk is decompressed whole.
     pub fn records_by_range(&self) -> Result<ChunkRecords, ChunkWriteError> {
-        match &self.chunk.file {
-            Some(f) => Ok(ChunkRecords::File(f.clone())),
-            None => self.records().map(ChunkRecords::Memory),
+        match self.compress {
+            Compress::Text => Ok(self.chunk.stored.clone()),
+            _ => self.records().map(ChunkRecords::Memory),
         }
     }
 
@@ -491,8 +491,7 @@ impl BufferedOutput {
             let chunk = FlushChunk {
                 id: b.id,
                 metadata: Metadata::default(),
-                bytes: b.records,
-                file: None,
+                stored: ChunkRecords::Memory(b.records),
                 records: b.count,
                 created: 0,
                 // Without a header the compression is unknown: assume the configured one.

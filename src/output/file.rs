@@ -463,7 +463,7 @@ impl FileWriter {
     /// The bytes to write for a chunk.
     fn content(&self, wc: &WriteChunk) -> Result<Bytes, ChunkWriteError> {
         if self.copy_compressed && self.compress.same_as(wc.compress) {
-            return wc.chunk.stored().map_err(|e| {
+            return wc.chunk.stored.read_all().map_err(|e| {
                 ChunkWriteError::retryable("IOError", format!("cannot read chunk: {e}"))
             });
         }
@@ -1203,6 +1203,7 @@ mod tests {
     use super::*;
     use crate::buffer::core::FlushChunk;
     use crate::buffer::metadata::Metadata;
+    use crate::buffer::records::ChunkRecords;
     use crate::config::parser::parse_str;
     use std::io::Read;
 
@@ -1439,8 +1440,7 @@ mod tests {
             chunk: FlushChunk {
                 id: ChunkId::now(),
                 metadata,
-                bytes: Bytes::from(stored),
-                file: None,
+                stored: ChunkRecords::Memory(Bytes::from(stored)),
                 records: 1,
                 created: 0,
                 compress,
@@ -1718,9 +1718,9 @@ mod tests {
         assert_eq!(gunzip(&bytes), data);
         // Gzip buffer, recompress false: the chunk's members are copied as they are.
         let mut c = chunk(meta(Some(DAY), None), data, Compress::Gzip);
-        let mut two = c.chunk.bytes.to_vec();
+        let mut two = c.chunk.stored.read_all().unwrap().to_vec();
         two.extend_from_slice(&gzip(b"second\n").unwrap());
-        c.chunk.bytes = Bytes::from(two.clone());
+        c.chunk.stored = ChunkRecords::Memory(Bytes::from(two.clone()));
         let f = o.writer.write_chunk(&c).unwrap();
         assert_eq!(std::fs::read(&f).unwrap(), two);
         assert_eq!(members(&two), 2);

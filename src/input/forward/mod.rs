@@ -313,16 +313,8 @@ impl Connections {
 
 impl Input for Forward {
     fn bind(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let l = self.listen().await.map_err(|e| {
-                format!(
-                    "forward input cannot listen on {}:{}: {e}",
-                    self.bind, self.port
-                )
-            })?;
-            self.bound.put(l);
-            Ok(())
-        })
+        let what = format!("forward input cannot listen on {}:{}", self.bind, self.port);
+        Box::pin(self.bound.bind(what, || self.listen()))
     }
 
     fn run(self: Arc<Self>, ctx: InputContext) -> BoxFuture<'static, ()> {

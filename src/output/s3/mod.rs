@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectCannedAcl, ServerSideEncryption, StorageClass};
-use bytes::Bytes;
 
 use super::buffered::{ChunkWriteError, ChunkWriter, WriteChunk};
 use super::BoxFuture;
@@ -514,7 +513,7 @@ impl Uploader {
     /// The chunk's formatted records, read by range; a compressed chunk is decompressed on a
     /// blocking thread.
     async fn records(wc: &WriteChunk) -> Result<ChunkRecords, ChunkWriteError> {
-        if wc.chunk.file.is_some() || wc.compress == Compress::Text {
+        if wc.compress == Compress::Text {
             return wc.records_by_range();
         }
         let wc2 = wc.clone();
@@ -633,9 +632,8 @@ impl Uploader {
             chunk: FlushChunk {
                 id: s.id,
                 metadata: s.metadata.clone(),
-                bytes: Bytes::new(),
                 records: file.count(),
-                file: Some(file),
+                stored: ChunkRecords::File(file),
                 created: 0,
                 compress: Compress::Text,
                 deliveries: s.deliveries.clone(),

@@ -125,21 +125,6 @@ impl Codec {
         let ratio = (p.end - p.start) as f64 / p.body.len().max(1) as f64;
         p.start + (ratio * part_size as f64 * 1.1) as usize + 2 * BLOCK
     }
-
-    /// The part that starts at `start` if the records there make a whole one (see
-    /// [`Codec::is_full`]).
-    pub fn next_full_part(
-        &self,
-        data: &ChunkRecords,
-        start: usize,
-        part_size: u64,
-    ) -> std::io::Result<Option<Part>> {
-        if !Self::could_be_full(start, part_size, data.len()) {
-            return Ok(None);
-        }
-        let p = self.next_part(data, start, part_size)?;
-        Ok(self.is_full(&p, part_size, data.len()).then_some(p))
-    }
 }
 
 /// Where a cut near offset `at` of `window` falls: just after the `\n` ending the line `at` is
@@ -328,6 +313,15 @@ mod tests {
         assert_eq!(resumed.body, a[1].body);
     }
 
+    /// The whole part at `start` of a growing chunk, as the s3 output cuts it.
+    fn next_full_part(codec: Codec, data: &ChunkRecords, start: usize, size: u64) -> Option<Part> {
+        if !Codec::could_be_full(start, size, data.len()) {
+            return None;
+        }
+        let p = codec.next_part(data, start, size).unwrap();
+        codec.is_full(&p, size, data.len()).then_some(p)
+    }
+
     #[test]
     fn a_full_part_of_a_growing_chunk_is_the_part_of_the_whole_chunk() {
         let data = lines(120_000);
@@ -336,7 +330,7 @@ mod tests {
             // Every prefix either has no full part yet, or has the same first two parts.
             for cut in (0..data.len()).step_by(data.len() / 40) {
                 let prefix = ChunkRecords::Memory(data.slice(..cut));
-                let Some(p) = codec.next_full_part(&prefix, 0, 256 << 10).unwrap() else {
+                let Some(p) = next_full_part(codec, &prefix, 0, 256 << 10) else {
                     continue;
                 };
                 assert_eq!(
@@ -344,18 +338,15 @@ mod tests {
                     (whole[0].end, &whole[0].body),
                     "{codec:?} {cut}"
                 );
-                if let Some(q) = codec.next_full_part(&prefix, p.end, 256 << 10).unwrap() {
+                if let Some(q) = next_full_part(codec, &prefix, p.end, 256 << 10) {
                     assert_eq!((q.end, &q.body), (whole[1].end, &whole[1].body));
                 }
             }
             // The whole data has full parts but the last.
             let src = ChunkRecords::Memory(data.clone());
-            assert!(codec.next_full_part(&src, 0, 256 << 10).unwrap().is_some());
+            assert!(next_full_part(codec, &src, 0, 256 << 10).is_some());
             let last = whole.last().unwrap();
-            assert!(codec
-                .next_full_part(&src, last.start, 256 << 10)
-                .unwrap()
-                .is_none());
+            assert!(next_full_part(codec, &src, last.start, 256 << 10).is_none());
         }
     }
 
